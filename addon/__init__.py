@@ -1,0 +1,1 @@
+"""routecar: a sidecar LLM router."""

@@ -1,0 +1,132 @@
+"""routecar's errors: one hierarchy, each error mapping to one OpenAI-format body.
+
+    RoutecarError                      500 routecar_error
+    ├── ConfigError                    bad catalog/providers/tenants/rules file (fails at start)
+    │   └── CatalogError
+    ├── InvalidPolicy                  400 invalid_policy   (.errors: list of {path, message})
+    ├── NoCandidate                    400 no_candidate     (.dropped: why each entry was dropped)
+    ├── UnknownTenant                  403 unknown_tenant
+    ├── BadRequest                     400 invalid_request  (malformed or oversized body/header)
+    ├── MissingProviderKey             500 provider_key_missing (names the env var, never the key)
+    └── UpstreamFailed                 502 upstream_failed  (.attempts: each attempt's outcome)
+
+Errors carry context (policy fingerprint, tenant, entry id) and are turned into
+the client-facing body only at the edge (`to_openai`). Library users catch
+`RoutecarError`; the CLI prints `str(err)` and exits 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class RoutecarError(Exception):
+    status: int = 500
+    code: str = "routecar_error"
+    type: str = "server_error"
+
+    def __init__(self, message: str, *, fingerprint: str | None = None,
+                 tenant: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fingerprint = fingerprint
+        self.tenant = tenant
+        self.param = param
+
+    def details(self) -> dict[str, Any]:
+        """Extra, error-specific data added to the OpenAI error object."""
+        return {}
+
+    def to_openai(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "code": self.code,
+            "param": self.param,
+        }
+        body.update(self.details())
+        return {"error": body}
+
+
+class ConfigError(RoutecarError):
+    code = "config_error"
+
+
+class CatalogError(ConfigError):
+    code = "catalog_error"
+
+
+class InvalidPolicy(RoutecarError):
+    status = 400
+    code = "invalid_policy"
+    type = "invalid_request_error"
+
+    def __init__(self, errors: Sequence[Mapping[str, str]], *, tenant: str | None = None) -> None:
+        self.errors = [dict(e) for e in errors]
+        lines = "; ".join(f"{e['path']}: {e['message']}" for e in self.errors)
+        super().__init__(f"invalid policy ({len(self.errors)} error(s)): {lines}",
+                         tenant=tenant, param="X-Route-Policy")
+
+    def details(self) -> dict[str, Any]:
+        return {"errors": self.errors}
+
+
+class NoCandidate(RoutecarError):
+    status = 400
+    code = "no_candidate"
+    type = "invalid_request_error"
+
+    def __init__(self, dropped: Sequence[Mapping[str, Any]], *, fingerprint: str | None = None,
+                 tenant: str | None = None) -> None:
+        self.dropped = [dict(d) for d in dropped]
+        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in self.dropped[:20])
+        more = f" (+{len(self.dropped) - 20} more)" if len(self.dropped) > 20 else ""
+        super().__init__(f"no catalog entry satisfies policy {fingerprint}: {reasons}{more}",
+                         fingerprint=fingerprint, tenant=tenant)
+
+    def details(self) -> dict[str, Any]:
+        return {"dropped": self.dropped}
+
+
+class UnknownTenant(RoutecarError):
+    status = 403
+    code = "unknown_tenant"
+    type = "permission_error"
+
+    def __init__(self, tenant: str | None, method: str | None = None) -> None:
+        how = f" (identified by {method})" if method else ""
+        who = repr(tenant) if tenant else "no tenant could be identified"
+        super().__init__(f"unknown tenant {who}{how}", tenant=tenant)
+
+
+class BadRequest(RoutecarError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class MissingProviderKey(RoutecarError):
+    code = "provider_key_missing"
+
+    def __init__(self, provider: str, env_var: str, *, fingerprint: str | None = None) -> None:
+        self.provider = provider
+        self.env_var = env_var
+        super().__init__(f"no API key for provider {provider!r}: set the environment variable {env_var}",
+                         fingerprint=fingerprint)
+
+
+class UpstreamFailed(RoutecarError):
+    status = 502
+    code = "upstream_failed"
+    type = "server_error"
+
+    def __init__(self, attempts: Sequence[Mapping[str, Any]], *, fingerprint: str | None = None,
+                 tenant: str | None = None) -> None:
+        self.attempts = [dict(a) for a in attempts]
+        summary = ", ".join(f"{a.get('entry')}: {a.get('status') or a.get('error_class')}" for a in self.attempts)
+        super().__init__(f"all {len(self.attempts)} attempt(s) failed: {summary}",
+                         fingerprint=fingerprint, tenant=tenant)
+
+    def details(self) -> dict[str, Any]:
+        return {"attempts": self.attempts}

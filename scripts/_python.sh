@@ -1,0 +1,38 @@
+# Sourced by scripts/*: finds a Python >= 3.12 and makes .venv with routecar installed.
+# Order: $PYTHON, python3.13, python3.12, python3, then interpreters under pyenv.
+set -eu
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; }
+
+find_python() {
+  local c
+  for c in ${PYTHON:-} python3.13 python3.12 python3; do
+    if command -v "$c" >/dev/null 2>&1 && _ok "$c"; then command -v "$c"; return 0; fi
+  done
+  for c in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3 /usr/local/bin/python3.1[2-9] /opt/python*/bin/python3; do
+    if [ -x "$c" ] && _ok "$c"; then echo "$c"; return 0; fi
+  done
+  echo "routecar needs Python >= 3.12 (mitmproxy 12). Install one (e.g. 'pyenv install 3.12' or your distro's python3.12)" >&2
+  echo "or point PYTHON at it: PYTHON=/path/to/python3.12 $0" >&2
+  return 1
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ] || ! _ok "$VENV/bin/python"; then
+    local py; py="$(find_python)"
+    echo "==> creating $VENV with $py ($("$py" --version 2>&1))" >&2
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV"
+  fi
+  # Reinstall only when pyproject.toml changed since the last install.
+  local stamp="$VENV/.routecar-installed"
+  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    echo "==> installing routecar[test] into $VENV" >&2
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" >&2
+    touch "$stamp"
+  fi
+  export PATH="$VENV/bin:$PATH"
+}
