@@ -1,0 +1,540 @@
+"""Loopback fake OpenAI-compatible providers for tests and benchmarks.
+
+One process (or one background thread) serves several named providers, each
+on its own 127.0.0.1 port. Every provider answers ``POST .../chat/completions``
+(plain JSON or SSE streaming) with a message that says who answered, records
+every request it receives, and can be scripted to fail in specific ways.
+
+Command line (writes ``{"openai": port, ...}`` to the ready file once all
+providers listen, then serves until SIGTERM/SIGINT)::
+
+    python -m tests.fakes.provider --name openai --name mistral \\
+        --require-key openai=sk-test --ready-file /tmp/fakes.json
+
+In-process, from synchronous code (own thread and event loop)::
+
+    fleet = FakeFleet(["openai", "mistral"]).start()
+    client = openai.OpenAI(base_url=fleet.url("mistral"), api_key="k")
+    fleet.set_script("mistral", [{"status": 429, "times": 1}])
+    fleet.requests("mistral")      # list of recorded requests
+    fleet.stop()
+
+or inside a running event loop: ``await fleet.start_async()`` /
+``await fleet.stop_async()``.
+
+HTTP control endpoints on every provider port: ``GET|DELETE /_fake/requests``,
+``GET|POST|DELETE /_fake/script``. Script rules are documented in
+``RULE_KEYS``; the first matching rule wins and a rule with ``times`` is used
+up after that many matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+HOST = "127.0.0.1"
+MAX_RECORDS = 10_000  # benchmarks send far more; keep memory bounded
+
+RULE_KEYS = {
+    "match": "dict: body fields that must be equal (special key 'path': request path suffix)",
+    "times": "int: the rule is used up after this many matches",
+    "status": "int: HTTP status (>=400 gets an OpenAI error body unless 'body' is given)",
+    "body": "dict (JSON) or str (text/plain): response body instead of the default",
+    "headers": "dict: extra response headers",
+    "retry_after": "str: Retry-After header value",
+    "delay": "float: seconds to wait before sending headers",
+    "chunk_delay": "float: seconds between SSE chunks",
+    "chunks": "int: number of content chunks in a streamed answer",
+    "content": "str: assistant message content instead of the default",
+    "cut_after_chunks": "int: abort the connection after this many content chunks",
+    "close": "bool: drop the connection before any response",
+}
+
+MODELS = ["gpt-4o", "gpt-4o-mini", "mistral-small", "claude-sonnet", "gemini-flash"]
+
+_ERRORS: dict[int, tuple[str, str, str]] = {
+    # status: (message, type, code)
+    400: (
+        "This model's maximum context length is 8192 tokens. However, your messages "
+        "resulted in 9000 tokens.",
+        "invalid_request_error",
+        "context_length_exceeded",
+    ),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to use this model.", "permission_error", "permission_denied"),
+    404: ("The model does not exist.", "invalid_request_error", "model_not_found"),
+    408: ("Request timed out.", "timeout_error", "timeout"),
+    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request.", "server_error", "server_error"),
+    502: ("Bad gateway.", "server_error", "bad_gateway"),
+    503: ("The engine is currently overloaded.", "server_error", "service_unavailable"),
+    504: ("Gateway timeout.", "server_error", "timeout"),
+    529: ("Overloaded.", "overloaded_error", "overloaded"),
+}
+
+
+def error_body(status: int, message: str | None = None) -> dict[str, Any]:
+    """The OpenAI-format error body the fakes send for ``status``."""
+    default = _ERRORS.get(status, (f"Fake error {status}.", "server_error", f"http_{status}"))
+    msg, typ, code = default
+    return {"error": {"message": message or msg, "type": typ, "param": None, "code": code}}
+
+
+def validate_rules(rules: Any) -> list[dict[str, Any]]:
+    """Check a script (list of rule dicts); raise ValueError naming the problem."""
+    if not isinstance(rules, list):
+        raise ValueError("script must be a JSON list of rules")
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict):
+            raise ValueError(f"rules[{i}] must be an object")
+        unknown = sorted(set(rule) - set(RULE_KEYS))
+        if unknown:
+            raise ValueError(f"rules[{i}]: unknown key(s) {unknown}; known: {sorted(RULE_KEYS)}")
+        if "match" in rule and not isinstance(rule["match"], dict):
+            raise ValueError(f"rules[{i}].match must be an object")
+    # Copy so that 'times' bookkeeping never mutates the caller's data.
+    return [dict(rule) for rule in rules]
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _prompt_text(body: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "".join(parts)
+
+
+def _split(text: str, n: int) -> list[str]:
+    """Split text into exactly n non-empty pieces (padding with '.' if too short)."""
+    n = max(1, n)
+    if len(text) < n:
+        text += "." * (n - len(text))
+    size = len(text)
+    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
+
+
+class FakeProvider:
+    """One fake provider: its records, its script and its aiohttp app."""
+
+    def __init__(self, name: str, require_key: str | None = None) -> None:
+        self.name = name
+        self.require_key = require_key
+        self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECORDS)
+        self._rules: list[dict[str, Any]] = []
+        # Scripts are set from test threads and consumed on the server loop.
+        self._lock = threading.Lock()
+
+    # -- in-process control -------------------------------------------------
+
+    def set_script(self, rules: list[dict[str, Any]]) -> None:
+        checked = validate_rules(rules)
+        with self._lock:
+            self._rules = checked
+
+    def script(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(rule) for rule in self._rules]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._rules = []
+        self.records.clear()
+
+    def _take_rule(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            for rule in self._rules:
+                match = rule.get("match") or {}
+                if not all(
+                    path.endswith(v) if k == "path" else body.get(k) == v for k, v in match.items()
+                ):
+                    continue
+                if "times" in rule:
+                    if rule["times"] <= 0:
+                        continue
+                    rule["times"] -= 1
+                return rule
+        return {}
+
+    # -- HTTP ----------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/_fake/requests", self._h_requests)
+        app.router.add_route("*", "/_fake/script", self._h_script)
+        app.router.add_get("/v1/models", self._h_models)
+        app.router.add_post(r"/{prefix:.*}chat/completions", self._h_chat)
+        return app
+
+    async def _h_requests(self, request: web.Request) -> web.Response:
+        if request.method == "DELETE":
+            self.records.clear()
+            return web.json_response({"cleared": True})
+        return web.json_response(list(self.records))
+
+    async def _h_script(self, request: web.Request) -> web.Response:
+        if request.method == "DELETE":
+            self.set_script([])
+        elif request.method == "POST":
+            try:
+                self.set_script(await request.json())
+            except ValueError as e:  # includes JSONDecodeError
+                return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(self.script())
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self.require_key is None:
+            return True
+        auth = request.headers.get("Authorization", "")
+        return auth == f"Bearer {self.require_key}" or self.require_key in (
+            request.headers.get("api-key"),
+            request.headers.get("x-api-key"),
+        )
+
+    async def _h_models(self, request: web.Request) -> web.Response:
+        self._record(request, None)
+        if not self._authorized(request):
+            return web.json_response(error_body(401), status=401)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in MODELS]
+        return web.json_response({"object": "list", "data": data})
+
+    def _record(self, request: web.Request, body: Any) -> None:
+        self.records.append(
+            {
+                "provider": self.name,
+                "time": time.time(),
+                "method": request.method,
+                "path": request.path,
+                "query_string": request.query_string,
+                "query": [[k, v] for k, v in request.query.items()],
+                "headers": [
+                    [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers
+                ],
+                "body": body,
+            }
+        )
+
+    async def _h_chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        self._record(request, body if body is not None else raw.decode("utf-8", "replace"))
+        if not isinstance(body, dict):
+            return web.json_response(error_body(400, "Request body is not a JSON object."), status=400)
+        if not self._authorized(request):
+            return web.json_response(error_body(401), status=401)
+
+        rule = self._take_rule(request.path, body)
+        if rule.get("delay"):
+            await asyncio.sleep(float(rule["delay"]))
+        if rule.get("close"):
+            return self._abort(request)
+
+        headers = {str(k): str(v) for k, v in (rule.get("headers") or {}).items()}
+        if "retry_after" in rule:
+            headers["Retry-After"] = str(rule["retry_after"])
+        status = int(rule.get("status", 200))
+        if status >= 400 or "body" in rule:
+            return self._fixed_response(status, rule.get("body"), headers)
+
+        model = str(body.get("model", ""))
+        content = str(rule.get("content", f"[fake:{self.name}] model={model} ok"))
+        if body.get("stream"):
+            return await self._stream(request, body, model, content, rule, headers)
+        return await self._complete(request, body, model, content, rule, headers)
+
+    def _fixed_response(self, status: int, body: Any, headers: dict[str, str]) -> web.Response:
+        if body is None:
+            body = error_body(status)
+        if isinstance(body, str):
+            return web.Response(status=status, text=body, headers=headers)
+        return web.json_response(body, status=status, headers=headers)
+
+    def _abort(self, request: web.Request) -> web.Response:
+        if request.transport is not None:
+            request.transport.abort()
+        # Nothing can be written any more; aiohttp drops this response quietly.
+        return web.Response(status=500)
+
+    def _usage(self, body: Mapping[str, Any], content: str) -> dict[str, int]:
+        prompt = _tokens(_prompt_text(body))
+        completion = _tokens(content)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    async def _complete(
+        self,
+        request: web.Request,
+        body: Mapping[str, Any],
+        model: str,
+        content: str,
+        rule: Mapping[str, Any],
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        payload = {
+            "id": f"chatcmpl-fake-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": self._usage(body, content),
+        }
+        data = json.dumps(payload).encode()
+        if "cut_after_chunks" not in rule:
+            return web.Response(body=data, content_type="application/json", headers=headers)
+        # Promise the full length, send half, then drop the connection.
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "application/json"
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        return self._abort(request)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: Mapping[str, Any],
+        model: str,
+        content: str,
+        rule: Mapping[str, Any],
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "text/event-stream"
+        resp.headers["Cache-Control"] = "no-cache"
+        await resp.prepare(request)
+
+        base = {
+            "id": f"chatcmpl-fake-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunk_delay = float(rule.get("chunk_delay", 0))
+        cut_after = rule.get("cut_after_chunks")
+
+        async def send(delta: dict[str, Any], finish: str | None, usage: Any = None) -> None:
+            chunk = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
+            if include_usage:
+                chunk["usage"] = usage
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+        await send({"role": "assistant", "content": ""}, None)
+        for i, piece in enumerate(_split(content, int(rule.get("chunks", 3)))):
+            if cut_after is not None and i >= int(cut_after):
+                return self._abort(request)
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
+            await send({"content": piece}, None)
+        if cut_after is not None and int(cut_after) <= 0:
+            return self._abort(request)
+        await send({}, "stop", self._usage(body, content))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+class FakeFleet:
+    """Several named fake providers, each on its own 127.0.0.1 port.
+
+    ``port_base=0`` picks free ports; otherwise provider i listens on
+    ``port_base + i``. ``require_keys`` maps provider name to the API key it
+    insists on (others answer 401).
+    """
+
+    def __init__(
+        self,
+        names: Iterable[str],
+        *,
+        port_base: int = 0,
+        require_keys: Mapping[str, str] | None = None,
+    ) -> None:
+        self.names = list(dict.fromkeys(names))
+        if not self.names:
+            raise ValueError("FakeFleet needs at least one provider name")
+        keys = dict(require_keys or {})
+        unknown = sorted(set(keys) - set(self.names))
+        if unknown:
+            raise ValueError(f"require_keys names unknown providers: {unknown}")
+        self.port_base = port_base
+        self.providers = {n: FakeProvider(n, keys.get(n)) for n in self.names}
+        self.ports: dict[str, int] = {}
+        self._runners: list[web.AppRunner] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- async API -------------------------------------------------------------
+
+    async def start_async(self) -> FakeFleet:
+        for i, name in enumerate(self.names):
+            runner = web.AppRunner(self.providers[name].app(), access_log=None, handle_signals=False)
+            await runner.setup()
+            self._runners.append(runner)
+            port = self.port_base + i if self.port_base else 0
+            site = web.TCPSite(runner, HOST, port, reuse_address=True)
+            await site.start()
+            self.ports[name] = runner.addresses[0][1]
+        return self
+
+    async def stop_async(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeFleet:
+        return await self.start_async()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_async()
+
+    # -- threaded API ----------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> FakeFleet:
+        """Serve from a background thread with its own event loop."""
+        if self._thread is not None:
+            raise RuntimeError("FakeFleet already started")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="fake-fleet", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            asyncio.run_coroutine_threadsafe(self.start_async(), loop).result(timeout)
+        except BaseException:
+            self.stop(timeout)
+            raise
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.stop_async(), loop).result(timeout)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+            if not thread.is_alive():
+                loop.close()
+            self._loop = self._thread = None
+
+    def __enter__(self) -> FakeFleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses and control -------------------------------------------------
+
+    def base(self, name: str) -> str:
+        """``http://127.0.0.1:PORT`` of one provider."""
+        return f"http://{HOST}:{self.ports[name]}"
+
+    def url(self, name: str) -> str:
+        """OpenAI-style base URL (``.../v1``) of one provider."""
+        return self.base(name) + "/v1"
+
+    def requests(self, name: str) -> list[dict[str, Any]]:
+        return list(self.providers[name].records)
+
+    def clear_requests(self, name: str | None = None) -> None:
+        for n in [name] if name else self.names:
+            self.providers[n].records.clear()
+
+    def set_script(self, name: str, rules: list[dict[str, Any]]) -> None:
+        self.providers[name].set_script(rules)
+
+    def reset(self) -> None:
+        """Clear every provider's records and script."""
+        for provider in self.providers.values():
+            provider.reset()
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON to a temp file next to ``path`` and rename it into place."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, target)
+
+
+def _parse_keys(pairs: list[str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, key = pair.partition("=")
+        if not sep or not name or not key:
+            raise SystemExit(f"--require-key expects NAME=KEY, got {pair!r}")
+        keys[name] = key
+    return keys
+
+
+async def _serve(fleet: FakeFleet, ready_file: str | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start_async()
+    try:
+        if ready_file:
+            write_json_atomic(ready_file, fleet.ports)
+        await stop.wait()
+    finally:
+        await fleet.stop_async()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.provider",
+        description="Loopback fake OpenAI-compatible providers.",
+        epilog="example: python -m tests.fakes.provider --name openai --name mistral "
+        "--ready-file /tmp/fakes.json",
+    )
+    parser.add_argument("--name", action="append", required=True, help="provider name (repeat)")
+    parser.add_argument("--port-base", type=int, default=0, help="0: free ports; N: N, N+1, ...")
+    parser.add_argument("--ready-file", help='write {"name": port, ...} here once listening')
+    parser.add_argument(
+        "--require-key", action="append", default=[], metavar="NAME=KEY",
+        help="provider NAME answers 401 unless the request carries KEY",
+    )
+    args = parser.parse_args(argv)
+    try:
+        fleet = FakeFleet(args.name, port_base=args.port_base, require_keys=_parse_keys(args.require_key))
+    except ValueError as e:
+        parser.error(str(e))
+    asyncio.run(_serve(fleet, args.ready_file))
+
+
+if __name__ == "__main__":
+    main()
