@@ -1,0 +1,185 @@
+"""Background writer: the request path hands a TraceRecord over and never waits.
+
+`submit()` puts the record on a bounded queue (a full queue drops it and counts
+the drop); one thread drains the queue in batches, one transaction per batch,
+through its own `TraceStore` (a sqlite connection belongs to the thread that
+opened it). A write that fails (disk gone, directory replaced, sqlite error)
+is counted in `errors` with `last_error` and its batch is counted as dropped;
+the thread keeps running and reopens the database for the next batch.
+
+Accounting: every submitted record ends up in exactly one of `queued`,
+`written` or `dropped`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from routecar.traces import TraceRecord, TraceStore
+
+
+class TraceWriter:
+    def __init__(self, store_path: str | Path, *, max_queue: int = 10000,
+                 batch_size: int = 256, flush_interval_s: float = 0.05,
+                 max_age_s: float | None = None, max_rows: int | None = None,
+                 prune_every_s: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store_path = Path(store_path)
+        self.batch_size = max(1, batch_size)
+        self.flush_interval_s = flush_interval_s
+        self.max_age_s, self.max_rows, self.prune_every_s = max_age_s, max_rows, prune_every_s
+        self.clock = clock
+        self._queue: queue.Queue[TraceRecord] = queue.Queue(maxsize=max_queue)
+        self._lock = threading.Lock()       # guards counters and the closed flag
+        self._done = threading.Condition(self._lock)
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._submitted = self._written = self._dropped = self._errors = 0
+        self._last_error: str | None = None
+        self._last_write_ts: float | None = None
+        self._store: TraceStore | None = None
+        self._store_inode: int | None = None
+        self._last_prune: float | None = None
+
+    def start(self) -> TraceWriter:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="routecar-traces",
+                                                daemon=True)
+                self._thread.start()
+        return self
+
+    def submit(self, record: TraceRecord) -> bool:
+        """Queue `record` for writing; False (and a counted drop) if full or closed."""
+        with self._lock:
+            self._submitted += 1
+            if not self._closed:
+                try:
+                    self._queue.put_nowait(record)
+                    return True
+                except queue.Full:
+                    pass
+            self._dropped += 1
+            return False
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every record submitted so far is written or dropped."""
+        deadline = time.monotonic() + timeout
+        with self._done:
+            target = self._submitted
+            while self._written + self._dropped < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._done.wait(left):
+                    return self._written + self._dropped >= target
+        return True
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop accepting records, write everything queued, stop the thread.
+
+        Returns False if the queue could not be drained within `timeout`."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._stop.set()
+        if thread is None:  # never started: drain in the caller's thread
+            self._drain()
+            self._close_store()
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"queued": self._queue.qsize(), "written": self._written,
+                    "dropped": self._dropped, "errors": self._errors,
+                    "last_error": self._last_error, "last_write_ts": self._last_write_ts}
+
+    # --- writer thread ----------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not (self._stop.is_set() and self._queue.empty()):
+                try:
+                    first = self._queue.get(timeout=self.flush_interval_s)
+                except queue.Empty:
+                    self._maybe_prune()
+                    continue
+                self._write(self._batch(first))
+                self._maybe_prune()
+        finally:
+            self._close_store()
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._write(self._batch(self._queue.get_nowait()))
+
+    def _batch(self, first: TraceRecord) -> list[TraceRecord]:
+        batch = [first]
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[TraceRecord]) -> None:
+        try:
+            store = self._open_store()
+            store.write(batch)
+        except Exception as e:  # noqa: BLE001 - a trace must never take the proxy down
+            self._failed(e)
+            with self._done:
+                self._dropped += len(batch)
+                self._done.notify_all()
+            return
+        with self._done:
+            self._written += len(batch)
+            self._last_write_ts = self.clock()
+            self._done.notify_all()
+
+    def _maybe_prune(self) -> None:
+        if self.max_age_s is None and self.max_rows is None:
+            return
+        now = self.clock()
+        if self._last_prune is not None and now - self._last_prune < self.prune_every_s:
+            return
+        self._last_prune = now
+        try:
+            self._open_store().prune(self.max_age_s, self.max_rows, now=now)
+        except Exception as e:  # noqa: BLE001
+            self._failed(e)
+
+    def _open_store(self) -> TraceStore:
+        # An open connection keeps writing into a file that was deleted or replaced
+        # (rotation, a removed directory): check the path still is our file.
+        try:
+            inode: int | None = os.stat(self.store_path).st_ino
+        except OSError:
+            inode = None
+        if self._store is not None and inode != self._store_inode:
+            self._close_store()
+        if self._store is None:
+            self._store = TraceStore(self.store_path, clock=self.clock)
+            self._store_inode = os.stat(self.store_path).st_ino
+        return self._store
+
+    def _close_store(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._store = None
+
+    def _failed(self, e: Exception) -> None:
+        self._close_store()  # reopen on the next batch
+        with self._lock:
+            self._errors += 1
+            self._last_error = f"{type(e).__name__}: {e}"
