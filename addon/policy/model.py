@@ -1,0 +1,233 @@
+"""Parsed policies: immutable, fingerprinted at parse time, with compiled predicates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidPolicy
+from ..fields import DEFAULT_REGISTRY, DYNAMIC_FIELDS, FieldRegistry
+from .validate import SCHEMA, Checked, canon_key, check, decode
+
+Row = Mapping[str, Any]
+Predicate = Callable[[Row], bool]
+
+TIE_BREAK = ("asc", "id")
+
+
+def _leaf(e: list[Any]) -> Predicate:
+    op, f = e[0], e[1]
+    if op == "eq":
+        v = e[2]
+        return lambda r: r.get(f) == v
+    if op == "ne":
+        v = e[2]
+        return lambda r: r.get(f) != v  # a missing value is "not equal"
+    if op in ("in", "nin"):
+        s = frozenset(e[2])
+        if op == "in":
+            return lambda r: r.get(f) in s
+        return lambda r: r.get(f) not in s
+    if op == "has":
+        v = e[2]
+        return lambda r: v in (r.get(f) or ())
+    cmp_op, n = e[2], e[3]
+
+    def test(r: Row) -> bool:
+        x = r.get(f)
+        if x is None:
+            return False
+        if cmp_op == "ge":
+            return x >= n
+        if cmp_op == "gt":
+            return x > n
+        if cmp_op == "le":
+            return x <= n
+        return x < n
+    return test
+
+
+def compile_expr(e: list[Any]) -> Predicate:
+    """A validated normal-form expression -> a predicate over an entry row."""
+    op = e[0]
+    if op in ("and", "or"):
+        parts = tuple(compile_expr(a) for a in e[1:])
+        if op == "and":
+            return lambda r: all(p(r) for p in parts)
+        return lambda r: any(p(r) for p in parts)
+    if op == "not":
+        inner = compile_expr(e[1])
+        return lambda r: not inner(r)
+    return _leaf(e)
+
+
+def expr_fields(e: list[Any]) -> tuple[str, ...]:
+    if e[0] in ("and", "or", "not"):
+        seen: dict[str, None] = {}
+        for a in e[1:]:
+            for f in expr_fields(a):
+                seen[f] = None
+        return tuple(seen)
+    return (e[1],)
+
+
+@dataclass(frozen=True, eq=False)
+class Clause:
+    index: int
+    id: str | None
+    from_: str | None
+    rule: Any
+    normal: Any
+    test: Predicate = field(repr=False)
+    fields: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return self.id or f"rules[{self.index}]"
+
+    @property
+    def dynamic(self) -> bool:
+        return any(f in DYNAMIC_FIELDS for f in self.fields)
+
+    def actual(self, row: Row) -> Any:
+        """The entry's value(s) this clause looked at, for traces."""
+        if len(self.fields) == 1:
+            return row.get(self.fields[0])
+        return {f: row.get(f) for f in self.fields}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "id": self.id, "from": self.from_, "rule": self.rule}
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    clauses: tuple[Clause, ...]
+    rank: tuple[tuple[str, str], ...]
+    max_attempts: int
+    no_log: bool
+    canonical: Mapping[str, Any]
+    digest: str
+    explicit: frozenset[str] = frozenset()
+    schema: str = SCHEMA
+    # Per-catalog memo of entries passing the request-independent clauses (see evaluate.py).
+    memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return "pol_" + self.digest[:6]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and other.digest == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    @property
+    def static_clauses(self) -> tuple[Clause, ...]:
+        return tuple(c for c in self.clauses if not c.dynamic)
+
+    @property
+    def dynamic_clauses(self) -> tuple[Clause, ...]:
+        return tuple(c for c in self.clauses if c.dynamic)
+
+    def to_ir(self) -> dict[str, Any]:
+        """policy_ir with clause ids and origins, re-parseable to an equal policy."""
+        rules: list[Any] = []
+        for c in self.clauses:
+            if c.id is None and c.from_ is None:
+                rules.append(c.rule)
+            else:
+                d: dict[str, Any] = {"rule": c.rule}
+                if c.id is not None:
+                    d["id"] = c.id
+                if c.from_ is not None:
+                    d["from"] = c.from_
+                rules.append(d)
+        return {"schema": self.schema, "rules": rules, "rank": [list(k) for k in self.rank],
+                "fallback": {"max_attempts": self.max_attempts}, "no_log": self.no_log}
+
+    def summary(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "digest": self.digest, "schema": self.schema,
+                "canonical": self.canonical, "no_log": self.no_log, "max_attempts": self.max_attempts,
+                "clauses": [c.to_dict() for c in self.clauses]}
+
+
+def canonical_rank(rank: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """Later keys on an already-used field never matter; `id` always breaks ties last."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for d, f in rank:
+        if f not in seen:
+            seen.add(f)
+            out.append((d, f))
+    if "id" not in seen:
+        out.append(TIE_BREAK)
+    return tuple(out)
+
+
+def canonical_form(checked: Checked) -> dict[str, Any]:
+    rules = {canon_key(c.normal): c.normal for c in checked.clauses}  # AND is commutative
+    return {
+        "schema": SCHEMA,
+        "rules": [rules[k] for k in sorted(rules)],
+        "rank": [list(k) for k in canonical_rank(checked.rank)],
+        "fallback": {"max_attempts": checked.max_attempts},
+        "no_log": checked.no_log,
+    }
+
+
+def digest_of(canonical: Mapping[str, Any]) -> str:
+    blob = SCHEMA + "\n" + json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def build_policy(checked: Checked) -> Policy:
+    canonical = canonical_form(checked)
+    clauses = tuple(
+        Clause(c.index, c.id, c.from_, c.rule, c.normal, compile_expr(c.normal), expr_fields(c.normal))
+        for c in checked.clauses
+    )
+    return Policy(clauses, canonical_rank(checked.rank), checked.max_attempts, checked.no_log,
+                  canonical, digest_of(canonical), checked.explicit)
+
+
+def parse_policy(source: str | bytes | Mapping[str, Any],
+                 registry: FieldRegistry | None = None) -> Policy:
+    """Parse and validate policy_ir (JSON text or object); raise InvalidPolicy with every error."""
+    obj, errors = decode(source)
+    if not errors:
+        errors, checked = check(obj, registry or DEFAULT_REGISTRY)
+    if errors:
+        raise InvalidPolicy([e.to_dict() for e in errors])
+    assert checked is not None
+    return build_policy(checked)
+
+
+def fingerprint(source: str | bytes | Mapping[str, Any], registry: FieldRegistry | None = None) -> str:
+    return parse_policy(source, registry).fingerprint
+
+
+def combine(tenant: Policy, request: Policy, registry: FieldRegistry | None = None) -> Policy:
+    """Conjunction: the request narrows its tenant's policy and can never loosen it.
+
+    Rules: both sets. no_log: either. max_attempts: the smaller. rank: the
+    request's if it set one (ordering never admits a dropped entry), else the tenant's.
+    """
+    t, r = tenant.to_ir(), request.to_ir()
+    req_rules = []
+    for rule, c in zip(r["rules"], request.clauses):
+        if c.from_ is None:
+            rule = {"rule": c.rule, "from": "request", **({"id": c.id} if c.id else {})}
+        req_rules.append(rule)
+    ir = {
+        "schema": SCHEMA,
+        "rules": t["rules"] + req_rules,
+        "rank": r["rank"] if "rank" in request.explicit else t["rank"],
+        "fallback": {"max_attempts": min(tenant.max_attempts, request.max_attempts)
+                     if "fallback" in request.explicit else tenant.max_attempts},
+        "no_log": tenant.no_log or request.no_log,
+    }
+    return parse_policy(ir, registry)

@@ -1,0 +1,380 @@
+"""Validation of policy_ir v1: every error at once, as data with a path.
+
+Modelled on jsonschema: one small checker per operator in a lookup table,
+`iter_errors` yields all problems, the parser raises them together. Checkers
+also return the expression in normal form (numbers normalised, `in` lists
+sorted and de-duplicated) so the parser needs only one walk.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..fields import NUMERIC, FieldRegistry
+
+SCHEMA = "sigma-pol/v1"
+TOP_KEYS = ("schema", "rules", "rank", "fallback", "no_log")
+CLAUSE_KEYS = ("id", "rule", "from")
+EXPR_OPS = ("eq", "ne", "in", "nin", "cmp", "has", "and", "or", "not")
+CMP_OPS = ("ge", "gt", "le", "lt")
+RANK_DIRS = ("asc", "desc")
+
+MAX_BYTES = 64 * 1024
+MAX_CLAUSES = 64
+MAX_DEPTH = 12
+MAX_NODES = 1024
+MAX_LIST = 256
+MAX_STRING = 256
+MAX_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class PolicyErrorItem:
+    path: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+def suggest(word: str, choices: Any) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "list"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def norm_number(v: int | float) -> int | float:
+    """1.0 -> 1, -0.0 -> 0: equal numbers get one canonical spelling."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def canon_key(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Walk:
+    """State of one validation pass: the registry, the error sink and the node budget."""
+
+    def __init__(self, registry: FieldRegistry) -> None:
+        self.registry = registry
+        self.errors: list[PolicyErrorItem] = []
+        self.nodes = 0
+        self.over_budget = False
+
+    def err(self, path: str, message: str) -> None:
+        self.errors.append(PolicyErrorItem(path, message))
+
+    # -- expressions ---------------------------------------------------------------
+    def expr(self, e: Any, path: str, depth: int) -> Any:
+        """Validate one expression; return its normal form (None if invalid)."""
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            if not self.over_budget:
+                self.err(path, f"policy too large: more than {MAX_NODES} expression nodes")
+                self.over_budget = True
+            return None
+        if depth > MAX_DEPTH:
+            self.err(path, f"expression nested deeper than {MAX_DEPTH} levels")
+            return None
+        if not isinstance(e, list) or not e:
+            self.err(path, f"an expression is a non-empty list like [\"eq\", field, value], got {_type_name(e)}")
+            return None
+        op = e[0]
+        if not isinstance(op, str):
+            self.err(f"{path}[0]", f"operator must be a string, got {_type_name(op)}")
+            return None
+        check = _CHECKERS.get(op)
+        if check is None:
+            self.err(f"{path}[0]", f"unknown operator {op!r}{suggest(op, EXPR_OPS)}")
+            return None
+        return check(self, e, path, depth)
+
+    def field(self, e: list[Any], path: str, op: str, arity: int, usage: str):
+        """Common head of a leaf operator: arity and the field name. Returns the Field or None."""
+        if len(e) != arity:
+            self.err(path, f"{op!r} takes {arity - 1} arguments ({usage}), got {len(e) - 1}")
+            return None
+        name = e[1]
+        if not isinstance(name, str):
+            self.err(f"{path}[1]", f"field name must be a string, got {_type_name(name)}")
+            return None
+        f = self.registry.get(name)
+        if f is None:
+            self.err(f"{path}[1]", f"unknown field {name!r}{suggest(name, self.registry.names())}")
+            return None
+        if op not in f.operators:
+            hint = " (use 'has')" if f.type == "list[string]" else ""
+            self.err(path, f"operator {op!r} does not apply to field {name!r} of type {f.type}{hint}")
+            return None
+        return f
+
+    def value(self, f, v: Any, path: str) -> tuple[bool, Any]:
+        if isinstance(v, float) and not math.isfinite(v):
+            self.err(path, f"value for {f.name!r} must be a finite number")
+            return False, None
+        if not f.accepts(v):
+            want = "string" if f.type == "list[string]" else f.type
+            self.err(path, f"value for {f.name!r} must be a {want}, got {_type_name(v)}")
+            return False, None
+        if isinstance(v, str) and len(v) > MAX_STRING:
+            self.err(path, f"string longer than {MAX_STRING} characters")
+            return False, None
+        return True, (norm_number(v) if f.type in NUMERIC else v)
+
+
+def _eq(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
+    f = w.field(e, path, e[0], 3, "field, value")
+    if f is None:
+        return None
+    ok, v = w.value(f, e[2], f"{path}[2]")
+    return [e[0], f.name, v] if ok else None
+
+
+def _in(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
+    f = w.field(e, path, e[0], 3, "field, [values]")
+    if f is None:
+        return None
+    vals = e[2]
+    if not isinstance(vals, list):
+        w.err(f"{path}[2]", f"{e[0]!r} needs a list of values, got a {_type_name(vals)}")
+        return None
+    if not vals:
+        w.err(f"{path}[2]", f"{e[0]!r} needs at least one value")
+        return None
+    if len(vals) > MAX_LIST:
+        w.err(f"{path}[2]", f"list longer than {MAX_LIST} values")
+        return None
+    out, ok = [], True
+    for i, v in enumerate(vals):
+        good, nv = w.value(f, v, f"{path}[2][{i}]")
+        ok &= good
+        out.append(nv)
+    if not ok:
+        return None
+    uniq = {canon_key(v): v for v in out}
+    return [e[0], f.name, [uniq[k] for k in sorted(uniq)]]
+
+
+def _cmp(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
+    f = w.field(e, path, "cmp", 4, "field, op, number")
+    if f is None:
+        return None
+    op, ok = e[2], True
+    if op not in CMP_OPS:
+        shown = op if isinstance(op, str) else _type_name(op)
+        w.err(f"{path}[2]", f"unknown comparison {shown!r}{suggest(str(op), CMP_OPS)}; use one of ge, gt, le, lt")
+        ok = False
+    good, v = w.value(f, e[3], f"{path}[3]")
+    return ["cmp", f.name, op, v] if ok and good else None
+
+
+def _has(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
+    f = w.field(e, path, "has", 3, "field, value")
+    if f is None:
+        return None
+    ok, v = w.value(f, e[2], f"{path}[2]")
+    return ["has", f.name, v] if ok else None
+
+
+def _andor(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
+    op = e[0]
+    if len(e) < 2:
+        w.err(path, f"{op!r} needs at least one expression")
+        return None
+    if len(e) - 1 > MAX_LIST:
+        w.err(path, f"{op!r} with more than {MAX_LIST} expressions")
+        return None
+    args = [w.expr(a, f"{path}[{i}]", depth + 1) for i, a in enumerate(e[1:], start=1)]
+    if any(a is None for a in args):
+        return None
+    flat: dict[str, Any] = {}
+    for a in args:  # flatten nested same-op, sort and de-duplicate: and/or are commutative
+        for x in (a[1:] if a[0] == op else [a]):
+            flat[canon_key(x)] = x
+    if len(flat) == 1:
+        return next(iter(flat.values()))
+    return [op, *(flat[k] for k in sorted(flat))]
+
+
+def _not(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
+    if len(e) != 2:
+        w.err(path, f"'not' takes 1 expression, got {len(e) - 1}")
+        return None
+    inner = w.expr(e[1], f"{path}[1]", depth + 1)
+    if inner is None:
+        return None
+    return inner[1] if inner[0] == "not" else ["not", inner]
+
+
+_CHECKERS: dict[str, Callable[[_Walk, list[Any], str, int], Any]] = {
+    "eq": _eq, "ne": _eq, "in": _in, "nin": _in, "cmp": _cmp, "has": _has,
+    "and": _andor, "or": _andor, "not": _not,
+}
+
+
+@dataclass(frozen=True)
+class CheckedClause:
+    index: int
+    id: str | None
+    from_: str | None
+    rule: Any        # as written
+    normal: Any      # normal form, used for the fingerprint and evaluation
+
+
+@dataclass(frozen=True)
+class Checked:
+    clauses: tuple[CheckedClause, ...]
+    rank: tuple[tuple[str, str], ...]
+    max_attempts: int
+    no_log: bool
+    explicit: frozenset[str]
+
+
+def _clause(w: _Walk, i: int, c: Any) -> CheckedClause | None:
+    path = f"rules[{i}]"
+    if isinstance(c, Mapping):
+        for k in c:
+            if k not in CLAUSE_KEYS:
+                w.err(f"{path}.{k}", f"unknown clause key {k!r}{suggest(str(k), CLAUSE_KEYS)}")
+        cid, src = c.get("id"), c.get("from")
+        for key, v in (("id", cid), ("from", src)):
+            if v is not None and (not isinstance(v, str) or len(v) > MAX_STRING):
+                w.err(f"{path}.{key}", f"{key!r} must be a string of at most {MAX_STRING} characters")
+        if "rule" not in c:
+            w.err(path, "a labelled clause needs 'rule'")
+            return None
+        normal = w.expr(c["rule"], f"{path}.rule", 1)
+        rule = c["rule"]
+    else:
+        cid = src = None
+        normal = w.expr(c, path, 1)
+        rule = c
+    if normal is None:
+        return None
+    return CheckedClause(i, cid if isinstance(cid, str) else None, src if isinstance(src, str) else None, rule, normal)
+
+
+def _rank(w: _Walk, rank: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(rank, list) or not rank:
+        w.err("rank", "rank is a non-empty list of [\"asc\"|\"desc\", field]")
+        return ()
+    out: list[tuple[str, str]] = []
+    for i, k in enumerate(rank[:MAX_LIST]):
+        p = f"rank[{i}]"
+        if not (isinstance(k, list) and len(k) == 2):
+            w.err(p, "a sort key is [\"asc\"|\"desc\", field]")
+            continue
+        d, name = k
+        if d not in RANK_DIRS:
+            w.err(f"{p}[0]", f"sort direction must be 'asc' or 'desc'{suggest(str(d), RANK_DIRS)}")
+            continue
+        f = w.registry.get(name) if isinstance(name, str) else None
+        if f is None:
+            w.err(f"{p}[1]", f"unknown field {name!r}{suggest(str(name), w.registry.names())}")
+            continue
+        if f.type == "list[string]":
+            w.err(f"{p}[1]", f"cannot sort by list field {name!r}")
+            continue
+        out.append((d, name))
+    return tuple(out)
+
+
+def check(obj: Any, registry: FieldRegistry) -> tuple[list[PolicyErrorItem], Checked | None]:
+    """Validate a decoded policy. Returns (errors, checked); checked is None when errors."""
+    w = _Walk(registry)
+    if not isinstance(obj, Mapping):
+        w.err("$", f"a policy is a JSON object, got {_type_name(obj)}")
+        return w.errors, None
+    for k in obj:
+        if k not in TOP_KEYS:
+            w.err(str(k), f"unknown key {k!r}{suggest(str(k), TOP_KEYS)}")
+    schema = obj.get("schema", SCHEMA)
+    if schema != SCHEMA:
+        w.err("schema", f"unsupported schema {schema!r}; this routecar reads {SCHEMA!r}")
+    rules = obj.get("rules", [])
+    clauses: list[CheckedClause] = []
+    if not isinstance(rules, list):
+        w.err("rules", f"rules must be a list of clauses, got {_type_name(rules)}")
+    elif len(rules) > MAX_CLAUSES:
+        w.err("rules", f"too many clauses: {len(rules)} > {MAX_CLAUSES}")
+    else:
+        for i, c in enumerate(rules):
+            cc = _clause(w, i, c)
+            if cc is not None:
+                clauses.append(cc)
+    rank = _rank(w, obj["rank"]) if "rank" in obj else (("asc", "est_cost"), ("desc", "bench_intelligence"))
+    max_attempts = 3
+    fb = obj.get("fallback", {})
+    if not isinstance(fb, Mapping):
+        w.err("fallback", f"fallback must be an object like {{\"max_attempts\": 3}}, got {_type_name(fb)}")
+    else:
+        for k in fb:
+            if k != "max_attempts":
+                w.err(f"fallback.{k}", f"unknown key {k!r}{suggest(str(k), ['max_attempts'])}")
+        ma = fb.get("max_attempts", 3)
+        if isinstance(ma, float) and ma.is_integer():
+            ma = int(ma)
+        if not isinstance(ma, int) or isinstance(ma, bool) or not 1 <= ma <= MAX_ATTEMPTS:
+            w.err("fallback.max_attempts", f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}")
+        else:
+            max_attempts = ma
+    no_log = obj.get("no_log", False)
+    if not isinstance(no_log, bool):
+        w.err("no_log", f"no_log must be true or false, got {_type_name(no_log)}")
+    if w.errors:
+        return w.errors, None
+    explicit = frozenset(k for k in ("rank", "fallback", "no_log") if k in obj)
+    return [], Checked(tuple(clauses), rank, max_attempts, bool(no_log), explicit)
+
+
+def decode(source: str | bytes | Mapping[str, Any]) -> tuple[Any, list[PolicyErrorItem]]:
+    """JSON text or an already-decoded object -> (object, errors)."""
+    if isinstance(source, Mapping):
+        return source, []
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) > MAX_BYTES:
+            return None, [PolicyErrorItem("$", f"policy larger than {MAX_BYTES} bytes")]
+        try:
+            source = bytes(source).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, [PolicyErrorItem("$", "policy is not valid UTF-8")]
+    if not isinstance(source, str):
+        return None, [PolicyErrorItem("$", f"a policy is a JSON object, got {_type_name(source)}")]
+    if len(source) > MAX_BYTES:
+        return None, [PolicyErrorItem("$", f"policy larger than {MAX_BYTES} bytes")]
+    try:
+        return json.loads(source), []
+    except RecursionError:
+        return None, [PolicyErrorItem("$", f"expression nested deeper than {MAX_DEPTH} levels")]
+    except ValueError as e:
+        return None, [PolicyErrorItem("$", f"not valid JSON: {e}")]
+
+
+def iter_errors(source: str | bytes | Mapping[str, Any], registry: FieldRegistry) -> Iterator[PolicyErrorItem]:
+    obj, errors = decode(source)
+    if errors:
+        yield from errors
+        return
+    yield from check(obj, registry)[0]

@@ -1,0 +1,130 @@
+"""Provider adapters: where a chosen entry's request goes and how it authenticates.
+
+`policies/providers.yaml` maps each provider to its OpenAI-compatible base URL,
+its auth style (`bearer` -> `Authorization: Bearer KEY`, `api-key` -> `api-key: KEY`)
+and the environment variable holding the operator's key. The hosts routecar
+intercepts are the providers' own hosts plus any listed under `hosts:`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .catalog import decode_yaml_or_json, read_source
+from .errors import ConfigError, MissingProviderKey
+
+DEFAULT_PROVIDERS = Path(__file__).resolve().parent.parent / "policies" / "providers.yaml"
+
+
+class ProviderSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str
+    auth: Literal["bearer", "api-key"] = "bearer"
+    key_env: str = Field(min_length=1)
+    hosts: tuple[str, ...] = ()
+    headers: dict[str, str] = Field(default_factory=dict)
+    chat_path: str = "/chat/completions"
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"base_url must be an http(s) URL, got {v!r}")
+        return v.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    spec: ProviderSpec
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.spec.base_url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.spec.base_url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        u = urlsplit(self.spec.base_url)
+        return u.port or (443 if u.scheme == "https" else 80)
+
+    @property
+    def chat_url(self) -> str:
+        return self.spec.base_url + self.spec.chat_path
+
+    @property
+    def chat_path(self) -> str:
+        return urlsplit(self.spec.base_url).path + self.spec.chat_path
+
+    def key(self, env: Mapping[str, str]) -> str:
+        value = env.get(self.spec.key_env, "")
+        if not value:
+            raise MissingProviderKey(self.name, self.spec.key_env)
+        return value
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """Lower-case names: mitmproxy keeps header case, so the caller replaces by lower-case name."""
+        auth = {"authorization": f"Bearer {key}"} if self.spec.auth == "bearer" else {"api-key": key}
+        return {**{k.lower(): v for k, v in self.spec.headers.items()}, **auth}
+
+
+@dataclass(frozen=True)
+class Providers:
+    by_name: Mapping[str, Provider]
+    intercept_hosts: frozenset[str]
+
+    def get(self, name: str) -> Provider | None:
+        return self.by_name.get(name)
+
+    def is_provider_host(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.intercept_hosts
+
+
+# Header names that carry the app's own credentials or routecar's routing data:
+# none of them may reach a provider.
+STRIP_HEADERS = frozenset({
+    "authorization", "api-key", "x-api-key", "proxy-authorization", "openai-organization",
+    "openai-project", "x-goog-api-key", "anthropic-api-key", "x-route-policy", "x-tenant-id",
+})
+
+
+def parse_providers(data: Any, source: str = "<memory>") -> Providers:
+    if isinstance(data, Mapping) and "providers" in data:
+        extra_hosts = data.get("hosts", [])
+        data = data["providers"]
+    else:
+        extra_hosts = []
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(f"{source}: expected 'providers:' mapping provider names to base_url/auth/key_env")
+    by_name: dict[str, Provider] = {}
+    problems: list[str] = []
+    for name, raw in data.items():
+        try:
+            by_name[str(name)] = Provider(str(name), ProviderSpec.model_validate(raw))
+        except ValidationError as e:
+            for err in e.errors():
+                loc = ".".join(str(p) for p in err["loc"]) or "provider"
+                problems.append(f"provider {name} field {loc}: {err['msg']}")
+    if problems:
+        raise ConfigError(f"{source}: invalid providers file:\n  " + "\n  ".join(problems))
+    hosts = {h.lower() for h in extra_hosts if isinstance(h, str)}
+    for p in by_name.values():
+        hosts.add(p.host.lower())
+        hosts.update(h.lower() for h in p.spec.hosts)
+    return Providers(by_name, frozenset(hosts))
+
+
+def load_providers(source: str | Path = DEFAULT_PROVIDERS) -> Providers:
+    blob = read_source(source)
+    return parse_providers(decode_yaml_or_json(blob, str(source)), str(source))
