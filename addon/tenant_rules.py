@@ -190,8 +190,9 @@ def _resolve(value: Any, kind: str, ctx: _Ctx, path: str) -> Any:
     if not ok:
         need = {"scalar": "a string, number or boolean", "number": "a number",
                 "list": "a list"}[kind]
-        shown = json.dumps(list(got) if isinstance(got, tuple) else got)
-        raise ctx.error(name, f"attribute {name!r} must be {need}, got {type(got).__name__} {shown} (at {path})")
+        got_type = "list" if isinstance(got, (list, tuple)) else type(got).__name__
+        raise ctx.error(name, f"attribute {name!r} must be {need}, got {got_type} "
+                              f"{json.dumps(_plain(got))} (at {path})")
     return list(got) if isinstance(got, tuple) else got
 
 
