@@ -115,7 +115,8 @@ def default_traces_path(env: Mapping[str, str]) -> Path:
 def _dumps(value: Any) -> str | None:
     if value is None:
         return None
-    return json.dumps(scrub_obj(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(scrub_obj(value), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, default=str)
 
 
 def _text(body: bytes | str | None) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -134,6 +135,10 @@ class TraceWriter:
             store = self._open_store()
             store.write(batch)
         except Exception as e:  # noqa: BLE001 - a trace must never take the proxy down
+            if len(batch) > 1 and not isinstance(e, (OSError, sqlite3.Error)):
+                for record in batch:  # a malformed record: keep the others
+                    self._write([record])
+                return
             self._failed(e)
             with self._done:
                 self._dropped += len(batch)

@@ -335,3 +335,14 @@ def test_default_traces_path() -> None:
     assert default_traces_path({"HOME": "/h"}) == Path("/h/.routecar/traces.db")
     assert default_traces_path({"ROUTECAR_HOME": "", "HOME": "/h"}) == Path(
         "/h/.routecar/traces.db")
+
+
+def test_malformed_record_does_not_cost_its_batch(tmp_path: Path) -> None:
+    writer = TraceWriter(tmp_path / "t.db", batch_size=100)
+    writer.submit(TraceRecord("good1", 1.0))
+    writer.submit(TraceRecord("bad", 2.0, attempts=["not a dict"]))  # type: ignore[list-item]
+    writer.submit(TraceRecord("good2", 3.0))
+    assert writer.close()
+    stats = writer.stats()
+    assert (stats["written"], stats["dropped"], stats["errors"]) == (2, 1, 1)
+    assert "AttributeError" in stats["last_error"]
