@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""Proxy overhead benchmark: direct vs stock mitmdump vs routecar's lean master.
+
+Cases (pick with --cases, default a,b,e,c,d; c/d are skipped with a note
+until `routecar run` exists):
+  a  direct to the upstream (no proxy): the ceiling
+  b  stock `mitmdump -q`, reverse mode, no addon: the baseline every ratio uses
+  e  routecar's lean master (`python -m routecar.mitm.master`), reverse mode, no addon
+  c  `routecar run`, reverse mode, requests carry an X-Route-Policy header
+  d  `routecar run`, regular mode: CONNECT api.openai.com:443 + TLS via the proxy
+
+Every run is bounded by count (--requests) and time (--duration-cap). The
+upstream is a minimal asyncio HTTP/1.1 keep-alive server answering a fixed
+chat.completion. Load comes from wrk when installed (Lua script: POST with
+body and headers), else from a lean asyncio keep-alive client; either runs in
+its own process. On a machine with >= 2 CPUs the proxy is pinned to CPU 0
+and upstream + load generator to the others, so the proxy's figures are its own.
+
+    .venv/bin/python scripts/bench_proxy.py                    # defaults
+    .venv/bin/python scripts/bench_proxy.py --cases a,b,e --requests 5000 --client asyncio
+
+Prints Markdown tables; exits 0 (a failed case is reported in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+BIN = Path(PY).parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+COMPLETION = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000,
+    "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "pong"}}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+}).encode()
+REQUEST_BODY = json.dumps({"model": "gpt-4o-mini",
+                           "messages": [{"role": "user", "content": "ping"}]})
+POLICY = json.dumps({"schema": "sigma-pol/v1", "rules": [["cmp", "bench_intelligence", "ge", 0.1]]})
+PATH = "/v1/chat/completions"
+CASE_TITLES = {
+    "a": "direct (no proxy)",
+    "b": "stock mitmdump, reverse",
+    "e": "lean master, reverse",
+    "c": "routecar run, reverse + policy header",
+    "d": "routecar run, regular (HTTPS_PROXY)",
+}
+
+
+# --------------------------------------------------------------------------- upstream
+
+async def _serve_upstream(ready: Path) -> None:
+    response = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n" % len(COMPLETION)) + COMPLETION
+
+    async def conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                if length:
+                    await reader.readexactly(length)
+                writer.write(response)
+                if b"connection: close" in head.lower():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(conn, "127.0.0.1", 0, backlog=1024)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    ready.write_text(json.dumps({"port": server.sockets[0].getsockname()[1]}))
+    await stop.wait()
+
+
+# --------------------------------------------------------------------------- asyncio client
+
+async def _client(spec: dict) -> dict:
+    """Closed loop: `conns` keep-alive connections share `requests`; stop at `deadline_s`."""
+    host, port, n, deadline = spec["host"], spec["port"], spec["requests"], time.monotonic() + spec["deadline_s"]
+    head = f"POST {spec['target']} HTTP/1.1\r\nhost: {spec['host_header']}\r\ncontent-type: application/json\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in spec["headers"].items())
+    req = (head + f"content-length: {len(REQUEST_BODY)}\r\n\r\n" + REQUEST_BODY).encode()
+    issued, latencies, errors = 0, [], 0
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, port)
+        if spec.get("connect"):  # regular proxy mode: tunnel, then TLS to the named host
+            writer.write(f"CONNECT {spec['connect']} HTTP/1.1\r\nhost: {spec['connect']}\r\n\r\n".encode())
+            status = await reader.readuntil(b"\r\n\r\n")
+            if b" 200 " not in status.split(b"\r\n")[0]:
+                raise ConnectionError(status.split(b"\r\n")[0].decode())
+            ctx = ssl.create_default_context(cafile=spec["cafile"])
+            await writer.start_tls(ctx, server_hostname=spec["connect"].rsplit(":", 1)[0])
+        return reader, writer
+
+    async def worker() -> None:
+        nonlocal issued, errors
+        reader, writer = await connect()
+        while issued < n and time.monotonic() < deadline:
+            issued += 1
+            t0 = time.perf_counter()
+            try:
+                writer.write(req)
+                resp = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in resp.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                if resp[9:12] != b"200":
+                    errors += 1
+                latencies.append(time.perf_counter() - t0)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                errors += 1
+                writer.close()
+                reader, writer = await connect()
+        writer.close()
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(worker() for _ in range(spec["conns"])), return_exceptions=True)
+    elapsed = time.perf_counter() - t0
+    errors += sum(isinstance(r, BaseException) for r in results)
+    latencies.sort()
+    pct = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan"))
+    return {"requests": len(latencies), "elapsed": elapsed, "p50": pct(0.50), "p99": pct(0.99),
+            "errors": errors}
+
+
+# --------------------------------------------------------------------------- wrk
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+local quota, marker, count, stopped = {quota}, {marker}, 0, false
+function response(status, headers, body)
+  count = count + 1
+  if count >= quota and not stopped then
+    stopped = true
+    local f = io.open(marker, "a"); f:write("x\\n"); f:close()
+    wrk.thread:stop()
+  end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {{"requests":%d,"elapsed":%f,"p50":%f,"p99":%f,"errors":%d}}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e6,
+    latency:percentile(99) / 1e6, e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def _lua_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string literal is a valid Lua string literal for this ASCII text
+
+
+def run_wrk(url: str, headers: dict, requests: int, conns: int, cap: float, cpus: set[int] | None) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        marker, script = Path(d) / "stopped", Path(d) / "bench.lua"
+        script.write_text(WRK_LUA.format(
+            body=_lua_str(REQUEST_BODY), quota=requests, marker=_lua_str(str(marker)),
+            headers="\n".join(f"wrk.headers[{_lua_str(k)}] = {_lua_str(v)}" for k, v in headers.items())))
+        # One thread: wrk stops when its quota is served; we then SIGINT it so the
+        # measured duration ends with the last response, not at the time cap.
+        proc = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{max(1, int(cap))}s", "--timeout", "10s",
+                                 "-s", str(script), url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, preexec_fn=_pin(cpus))
+        deadline = time.monotonic() + cap + 15
+        while proc.poll() is None and time.monotonic() < deadline:
+            if marker.exists():
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.002)
+        out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    for line in out.splitlines():
+        if line.startswith("WRKJSON "):
+            return json.loads(line[8:])
+    raise RuntimeError(f"wrk gave no result: {out[-500:]}")
+
+
+def run_asyncio_client(spec: dict, cpus: set[int] | None) -> dict:
+    proc = subprocess.run([PY, __file__, "--run-client", json.dumps(spec)], capture_output=True,
+                          text=True, timeout=spec["deadline_s"] + 30, preexec_fn=_pin(cpus))
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-500:])
+    return json.loads(proc.stdout)
+
+
+# --------------------------------------------------------------------------- processes
+
+def _pin(cpus: set[int] | None):
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
+def _wait_json(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size:
+            return json.loads(path.read_text())
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}")
+        time.sleep(0.01)
+    raise RuntimeError("not ready in time")
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError("not listening in time")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Target:
+    """Where the load goes for one case, and the proxy process to measure (None for direct)."""
+    proc: subprocess.Popen | None
+    host: str
+    port: int
+    headers: dict
+    connect: str | None = None  # regular mode: tunnel target host:port
+    cafile: str | None = None
+
+
+def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None) -> Target:
+    up = f"http://127.0.0.1:{upstream_port}"
+    conf = work / f"conf-{case}"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_pin(cpus))
+    if case == "a":
+        return Target(None, "127.0.0.1", upstream_port, {})
+    if case == "b":
+        port = _free_port()
+        proc = subprocess.Popen([str(BIN / "mitmdump"), "-q", "--mode", f"reverse:{up}",
+                                 "--listen-host", "127.0.0.1", "--listen-port", str(port),
+                                 "--set", f"confdir={conf}"], **quiet)
+        _wait_port(port, proc)
+        return Target(proc, "127.0.0.1", port, {})
+    ready = work / f"ready-{case}.json"
+    env = {**os.environ, "ROUTECAR_READY_FILE": str(ready), "ROUTECAR_HOME": str(work / f"home-{case}")}
+    if case == "e":
+        cmd = [PY, "-m", "routecar.mitm.master", "--listen", "127.0.0.1:0", "--mode", f"reverse:{up}",
+               "--confdir", str(conf), "--set", "termlog_verbosity=error"]
+    elif case == "c":
+        cmd = [str(BIN / "routecar"), "run", "--listen", "127.0.0.1:0", "--mode", f"reverse:{up}"]
+    else:  # d
+        cmd = [str(BIN / "routecar"), "run", "--listen", "127.0.0.1:0"]
+    proc = subprocess.Popen(cmd, env=env, **quiet)
+    addr = _wait_json(ready, proc)
+    if case == "c":
+        return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY})
+    if case == "d":
+        ca = work / f"home-{case}" / "mitmproxy" / "mitmproxy-ca-cert.pem"
+        return Target(proc, addr["host"], addr["port"], {}, connect="api.openai.com:443", cafile=str(ca))
+    return Target(proc, addr["host"], addr["port"], {})
+
+
+def routecar_run_available() -> bool:
+    exe = BIN / "routecar"
+    if not exe.exists():
+        return False
+    try:
+        r = subprocess.run([str(exe), "run", "--help"], capture_output=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.returncode == 0
+
+
+def load(t: Target, client: str, requests: int, conns: int, cap: float, cpus: set[int] | None) -> dict:
+    if client == "wrk" and t.connect is None:
+        return run_wrk(f"http://{t.host}:{t.port}{PATH}", t.headers, requests, conns, cap, cpus)
+    spec = {"host": t.host, "port": t.port, "requests": requests, "conns": conns, "deadline_s": cap,
+            "headers": t.headers, "connect": t.connect, "cafile": t.cafile,
+            "target": PATH, "host_header": t.connect.rsplit(":", 1)[0] if t.connect else f"{t.host}:{t.port}"}
+    return run_asyncio_client(spec, cpus)
+
+
+# --------------------------------------------------------------------------- main
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default="a,b,e,c,d", help="comma list of a,b,c,d,e (default: all)")
+    p.add_argument("--concurrency", default="1,16,64", help="comma list (default: 1,16,64)")
+    p.add_argument("--requests", type=int, default=2000, help="requests per run (default 2000)")
+    p.add_argument("--duration-cap", type=float, default=30.0, help="seconds per run at most (default 30)")
+    p.add_argument("--warmup", type=int, default=200, help="requests before measuring each proxy")
+    p.add_argument("--client", choices=["auto", "wrk", "asyncio"], default="auto")
+    p.add_argument("--no-pin", action="store_true", help="do not pin proxy / load to separate CPUs")
+    p.add_argument("--run-client", help=argparse.SUPPRESS)
+    p.add_argument("--serve-upstream", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.run_client:
+        print(json.dumps(asyncio.run(_client(json.loads(args.run_client)))))
+        return 0
+    if args.serve_upstream:
+        asyncio.run(_serve_upstream(Path(args.serve_upstream)))
+        return 0
+
+    client = ("wrk" if shutil.which("wrk") else "asyncio") if args.client == "auto" else args.client
+    cpus_all = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cpus_all) >= 2
+    proxy_cpus = {cpus_all[0]} if pin else None
+    load_cpus = set(cpus_all[1:]) if pin else None
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    concs = [int(c) for c in args.concurrency.split(",")]
+    notes: list[str] = []
+    if {"c", "d"} & set(cases) and not routecar_run_available():
+        notes.append("c/d skipped: `routecar run` is not available yet (no `routecar` CLI with a `run` command).")
+        cases = [c for c in cases if c not in ("c", "d")]
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="routecar-bench-") as tmp:
+        work = Path(tmp)
+        up_ready = work / "upstream.json"
+        upstream = subprocess.Popen([PY, __file__, "--serve-upstream", str(up_ready)], preexec_fn=_pin(load_cpus))
+        try:
+            up_port = _wait_json(up_ready, upstream)["port"]
+            for case in cases:
+                try:
+                    target = start_case(case, up_port, work, proxy_cpus)
+                except RuntimeError as e:
+                    notes.append(f"{case}: proxy failed to start: {e}")
+                    continue
+                try:
+                    if target.proc and args.warmup:
+                        load(target, client, args.warmup, 16, args.duration_cap, load_cpus)
+                    for conns in concs:
+                        cpu0 = cpu_seconds(target.proc.pid) if target.proc else 0.0
+                        try:
+                            r = load(target, client, args.requests, conns, args.duration_cap, load_cpus)
+                        except (RuntimeError, subprocess.TimeoutExpired) as e:
+                            notes.append(f"{case} c={conns}: load failed: {e}")
+                            continue
+                        if target.proc:
+                            r["cpu_ms"] = (cpu_seconds(target.proc.pid) - cpu0) * 1000 / max(1, r["requests"])
+                            r["rss"] = peak_rss_mb(target.proc.pid)
+                        rows.append({"case": case, "conns": conns, **r,
+                                     "rps": r["requests"] / r["elapsed"] if r["elapsed"] else 0.0})
+                finally:
+                    if target.proc:
+                        _stop(target.proc)
+        finally:
+            _stop(upstream)
+
+    print(render(rows, client, args, pin, cpus_all, notes))
+    return 0
+
+
+def render(rows: list[dict], client: str, args: argparse.Namespace, pin: bool, cpus: list[int],
+           notes: list[str]) -> str:
+    base = {r["conns"]: r["rps"] for r in rows if r["case"] == "b"}
+    gen = "wrk (1 thread, Lua POST script)" if client == "wrk" else "asyncio keep-alive client (own process)"
+    out = [f"Load generator: **{gen}**; {args.requests} requests per run, cap {args.duration_cap:g} s; "
+           f"{len(cpus)} CPUs, " + ("proxy pinned to CPU 0, upstream + load on the rest." if pin else "no pinning."),
+           "", "| case | conc | requests | req/s | p50 ms | p99 ms | vs (b) | proxy CPU ms/req | proxy peak RSS MB | errors |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        ratio = f"{r['rps'] / base[r['conns']]:.2f}x" if base.get(r["conns"]) else "—"
+        cpu = f"{r['cpu_ms']:.2f}" if "cpu_ms" in r else "—"
+        rss = f"{r['rss']:.0f}" if "rss" in r else "—"
+        out.append(f"| {r['case']} {CASE_TITLES[r['case']]} | {r['conns']} | {r['requests']} | {r['rps']:.0f} | "
+                   f"{r['p50'] * 1000:.2f} | {r['p99'] * 1000:.2f} | {ratio} | {cpu} | {rss} | {r['errors']} |")
+    out += [f"\n- {n}" for n in notes]
+    if client == "wrk" and "d" in {r["case"] for r in rows}:
+        out.append("\n- d uses the asyncio client (wrk cannot CONNECT through a proxy).")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
