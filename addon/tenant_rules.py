@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +24,10 @@ import yaml
 
 from routecar.errors import ConfigError, InvalidPolicy
 
+from routecar.fields import FieldRegistry
+from routecar.policy import Policy, parse_policy
+
 if TYPE_CHECKING:
-    from routecar.policy import Policy
     from routecar.tenants import Tenant
 
 SCHEMA = "sigma-pol/v1"
@@ -364,10 +366,8 @@ def compile_ir(tenant: Tenant, rules: RuleSet) -> dict[str, Any]:
     return ir
 
 
-def compile_policy(tenant: Tenant, rules: RuleSet, registry: Any = None) -> Policy:
+def compile_policy(tenant: Tenant, rules: RuleSet, registry: FieldRegistry | None = None) -> Policy:
     """compile_ir + the policy core's parse_policy; invalid results name the rule."""
-    from routecar.policy import parse_policy  # the core may be absent in a partial checkout
-
     ir = compile_ir(tenant, rules)
     try:
         return parse_policy(ir, registry)
@@ -381,3 +381,15 @@ def compile_policy(tenant: Tenant, rules: RuleSet, registry: Any = None) -> Poli
             lines.append(f"{err['path']}{origin}: {err['message']}")
         raise TenantPolicyError(f"tenant {tenant.id!r}: compiled policy is invalid: " + "; ".join(lines),
                                 tenant=tenant.id, errors=e.errors) from e
+
+
+def check_tenants(tenants: Iterable[Tenant], rules: RuleSet,
+                  registry: FieldRegistry | None = None) -> list[ConfigError]:
+    """Compile every tenant once (e.g. at start or in `routecar check`); return the failures."""
+    problems: list[ConfigError] = []
+    for tenant in tenants:
+        try:
+            compile_policy(tenant, rules, registry)
+        except ConfigError as e:
+            problems.append(e)
+    return problems

@@ -37,6 +37,7 @@ from routecar.tenant_rules import (
     RuleSet,
     TenantPolicyError,
     TenantRule,
+    check_tenants,
     compile_ir,
     compile_policy,
     load_rules,
@@ -45,7 +46,7 @@ from routecar.tenant_rules import (
 
 __all__ = [
     "DEFAULT_ORDER", "IDENTIFICATION_METHODS", "Identification", "RuleCompileError", "RuleSet",
-    "Tenant", "TenantPolicyError", "TenantRule", "TenantSource", "TenantTable", "compile_ir",
+    "Tenant", "TenantPolicyError", "TenantRule", "TenantSource", "TenantTable", "check_tenants", "compile_ir",
     "compile_policy", "hash_api_key", "identify", "load_rules", "load_tenants", "parse_rules",
     "validate_order",
 ]

@@ -7,9 +7,22 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from routecar.catalog import load_catalog
 from routecar.errors import ConfigError
-from routecar.tenant_rules import RuleCompileError, RuleSet, compile_ir, load_rules, parse_rules
+from routecar.policy import RequestProfile, combine, evaluate, parse_policy
+from routecar.tenant_rules import (
+    RuleCompileError,
+    RuleSet,
+    TenantPolicyError,
+    check_tenants,
+    compile_ir,
+    compile_policy,
+    load_rules,
+    parse_rules,
+)
 from routecar.tenants import Tenant, load_tenants
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
@@ -218,3 +231,71 @@ def test_shipped_tenants_compile(tid: str) -> None:
 
 def test_shipped_table_has_exactly_the_six_tenants() -> None:
     assert sorted(load_tenants(str(POLICIES / "tenants.yaml")).ids()) == sorted(SHIPPED)
+
+
+# --- with the policy core ---------------------------------------------------
+
+def test_shipped_tenants_compile_to_valid_policies() -> None:
+    table = load_tenants(str(POLICIES / "tenants.yaml"))
+    rs = load_rules(POLICIES / "rules.yaml")
+    assert check_tenants(table, rs) == []
+    umbrella = compile_policy(table.get("umbrella-health"), rs)  # type: ignore[arg-type]
+    assert umbrella.no_log is True
+    assert [(c.id, c.from_) for c in umbrella.clauses] == [("blocked-providers", "rule:blocked-providers")]
+    assert umbrella.fingerprint.startswith("pol_")
+
+
+def test_compile_policy_names_the_rule_of_an_invalid_clause() -> None:
+    rs = rules({"id": "ok", "add": {"rules": [["eq", "region", "eu"]]}},
+               {"id": "typo", "add": {"rules": [["eq", "regoin", "eu"]]}})
+    with pytest.raises(TenantPolicyError) as info:
+        compile_policy(tenant(), rs)
+    assert str(info.value) == ("tenant 't1': compiled policy is invalid: rules[1].rule[1] (from rule:typo): "
+                               "unknown field 'regoin' (did you mean 'region'?)")
+    assert info.value.errors == [{"path": "rules[1].rule[1]",
+                                  "message": "unknown field 'regoin' (did you mean 'region'?)"}]
+    assert isinstance(info.value, ConfigError)
+
+
+# A request policy combined with its tenant's policy can never pass an entry
+# that the tenant's policy alone drops (the request only narrows).
+
+PROVIDERS = ["openai", "anthropic", "google", "mistral", "azure", "groq", "deepseek", "scaleway"]
+providers = st.lists(st.sampled_from(PROVIDERS), min_size=1, max_size=4, unique=True)
+floors = st.sampled_from([0.3, 0.45, 0.5, 0.55, 0.6])
+
+leaf = st.one_of(
+    st.tuples(st.sampled_from(["in", "nin"]), st.just("provider"), providers).map(list),
+    st.tuples(st.sampled_from(["eq", "ne"]), st.just("region"), st.sampled_from(["eu", "us", "cn"])).map(list),
+    st.tuples(st.just("cmp"), st.sampled_from(["bench_intelligence", "price_in", "est_cost"]),
+              st.sampled_from(["ge", "gt", "le", "lt"]), floors).map(list),
+    st.tuples(st.just("has"), st.just("capabilities"), st.sampled_from(["tools", "vision", "json"])).map(list),
+    st.tuples(st.just("eq"), st.just("zdr"), st.booleans()).map(list),
+)
+expr = st.recursive(leaf, lambda sub: st.one_of(
+    st.lists(sub, min_size=1, max_size=3).map(lambda xs: ["and", *xs]),
+    st.lists(sub, min_size=1, max_size=3).map(lambda xs: ["or", *xs]),
+    sub.map(lambda x: ["not", x]),
+), max_leaves=4)
+tenant_attrs = st.fixed_dictionaries({"plan": st.sampled_from(["free", "pro", "enterprise"])}, optional={
+    "approved_providers": providers, "blocked_providers": providers,
+    "region": st.sampled_from(["eu", "us"]), "quality_floor": floors, "sensitive": st.booleans(),
+})
+request_ir = st.fixed_dictionaries({"rules": st.lists(expr, max_size=3)}, optional={
+    "no_log": st.booleans(), "fallback": st.fixed_dictionaries({"max_attempts": st.integers(1, 5)}),
+    "rank": st.just([["desc", "bench_intelligence"]]),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(attrs=tenant_attrs, request=request_ir)
+def test_request_policy_never_widens_the_tenant_policy(attrs: dict[str, Any], request: dict[str, Any]) -> None:
+    catalog = load_catalog(POLICIES / "catalog.yaml")
+    tenant_policy = compile_policy(tenant(**attrs), load_rules(POLICIES / "rules.yaml"))
+    combined = combine(tenant_policy, parse_policy(request))
+    body = RequestProfile.from_body({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100})
+    allowed = {r.entry.id for r in evaluate(tenant_policy, catalog, body).ranked}
+    passed = {r.entry.id for r in evaluate(combined, catalog, body).ranked}
+    assert passed <= allowed
+    assert combined.no_log >= tenant_policy.no_log
+    assert combined.max_attempts <= tenant_policy.max_attempts
