@@ -63,6 +63,13 @@ def _type_name(v: Any) -> str:
     return type(v).__name__
 
 
+def _shown(v: Any) -> str:
+    """A user-given value for an error message: short strings quoted, anything else by type."""
+    if isinstance(v, str):
+        return repr(v if len(v) <= 64 else v[:64] + "...")
+    return _type_name(v)
+
+
 def norm_number(v: int | float) -> int | float:
     """1.0 -> 1, -0.0 -> 0: equal numbers get one canonical spelling."""
     if isinstance(v, float) and v.is_integer():
@@ -99,7 +106,8 @@ class _Walk:
             self.err(path, f"expression nested deeper than {MAX_DEPTH} levels")
             return None
         if not isinstance(e, list) or not e:
-            self.err(path, f"an expression is a non-empty list like [\"eq\", field, value], got {_type_name(e)}")
+            got = "an empty list" if isinstance(e, list) else _type_name(e)
+            self.err(path, f"an expression is a non-empty list like [\"eq\", field, value], got {got}")
             return None
         op = e[0]
         if not isinstance(op, str):
@@ -107,7 +115,7 @@ class _Walk:
             return None
         check = _CHECKERS.get(op)
         if check is None:
-            self.err(f"{path}[0]", f"unknown operator {op!r}{suggest(op, EXPR_OPS)}")
+            self.err(f"{path}[0]", f"unknown operator {_shown(op)}{suggest(op, EXPR_OPS)}")
             return None
         return check(self, e, path, depth)
 
@@ -122,7 +130,7 @@ class _Walk:
             return None
         f = self.registry.get(name)
         if f is None:
-            self.err(f"{path}[1]", f"unknown field {name!r}{suggest(name, self.registry.names())}")
+            self.err(f"{path}[1]", f"unknown field {_shown(name)}{suggest(name, self.registry.names())}")
             return None
         if op not in f.operators:
             hint = " (use 'has')" if f.type == "list[string]" else ""
@@ -158,7 +166,7 @@ def _in(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
         return None
     vals = e[2]
     if not isinstance(vals, list):
-        w.err(f"{path}[2]", f"{e[0]!r} needs a list of values, got a {_type_name(vals)}")
+        w.err(f"{path}[2]", f"{e[0]!r} needs a list of values, got {_type_name(vals)}")
         return None
     if not vals:
         w.err(f"{path}[2]", f"{e[0]!r} needs at least one value")
@@ -182,9 +190,11 @@ def _cmp(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
     if f is None:
         return None
     op, ok = e[2], True
-    if op not in CMP_OPS:
-        shown = op if isinstance(op, str) else _type_name(op)
-        w.err(f"{path}[2]", f"unknown comparison {shown!r}{suggest(str(op), CMP_OPS)}; use one of ge, gt, le, lt")
+    if not isinstance(op, str):
+        w.err(f"{path}[2]", f"comparison must be a string, one of ge, gt, le, lt, got {_type_name(op)}")
+        ok = False
+    elif op not in CMP_OPS:
+        w.err(f"{path}[2]", f"unknown comparison {_shown(op)}{suggest(op, CMP_OPS)}; use one of ge, gt, le, lt")
         ok = False
     good, v = w.value(f, e[3], f"{path}[3]")
     return ["cmp", f.name, op, v] if ok and good else None
@@ -288,11 +298,14 @@ def _rank(w: _Walk, rank: Any) -> tuple[tuple[str, str], ...]:
             continue
         d, name = k
         if d not in RANK_DIRS:
-            w.err(f"{p}[0]", f"sort direction must be 'asc' or 'desc'{suggest(str(d), RANK_DIRS)}")
+            w.err(f"{p}[0]", f"sort direction must be 'asc' or 'desc'{suggest(d, RANK_DIRS) if isinstance(d, str) else ''}")
             continue
-        f = w.registry.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            w.err(f"{p}[1]", f"field name must be a string, got {_type_name(name)}")
+            continue
+        f = w.registry.get(name)
         if f is None:
-            w.err(f"{p}[1]", f"unknown field {name!r}{suggest(str(name), w.registry.names())}")
+            w.err(f"{p}[1]", f"unknown field {_shown(name)}{suggest(name, w.registry.names())}")
             continue
         if f.type == "list[string]":
             w.err(f"{p}[1]", f"cannot sort by list field {name!r}")
@@ -312,7 +325,7 @@ def check(obj: Any, registry: FieldRegistry) -> tuple[list[PolicyErrorItem], Che
             w.err(str(k), f"unknown key {k!r}{suggest(str(k), TOP_KEYS)}")
     schema = obj.get("schema", SCHEMA)
     if schema != SCHEMA:
-        w.err("schema", f"unsupported schema {schema!r}; this routecar reads {SCHEMA!r}")
+        w.err("schema", f"unsupported schema {_shown(schema)}; this routecar reads {SCHEMA!r}")
     rules = obj.get("rules", [])
     clauses: list[CheckedClause] = []
     if not isinstance(rules, list):
