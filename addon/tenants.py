@@ -233,12 +233,13 @@ def _read_sqlite(spec: _Spec) -> Iterator[_Raw]:
             if "id" not in table.columns_dict:
                 raise ConfigError(f"{spec.label}: table {spec.table!r} has no 'id' column")
             rows = list(table.pks_and_rows_where())
+            real_columns = set(table.columns_dict)
     except OSError as e:
         raise ConfigError(f"{spec.label}: cannot read: {e.strerror or e}") from e
     except sqlite3.Error as e:
         raise ConfigError(f"{spec.label}: {e}") from e
     for pk, row in rows:
-        fields = dict(row)
+        fields = {k: v for k, v in row.items() if k in real_columns}  # drop the added `rowid`
         yield f"rowid {pk}", fields.pop("id"), fields, fields.pop(KEY_FIELD, None), True
 
 
