@@ -63,9 +63,19 @@ def hash_api_key(raw_key: str) -> str:
 
 @dataclass(frozen=True)
 class Tenant:
+    """A tenant; attributes are frozen (lists become tuples) so a Tenant can be shared and hashed."""
+
     id: str
     attributes: Mapping[str, Any]
     key_sha256: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in self.attributes.items()}
+        object.__setattr__(self, "attributes", MappingProxyType(frozen))
+        object.__setattr__(self, "key_sha256", tuple(self.key_sha256))
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.key_sha256))
 
 
 class TenantTable:
@@ -311,7 +321,7 @@ def read_records(spec: _Spec) -> list[Tenant]:
                     raise ValueError(f"attribute {name!r}: {e}") from None
         except ValueError as e:
             raise ConfigError(f"{spec.label}: {where}: {e}", tenant=tid) from None
-        tenants.append(Tenant(tid, MappingProxyType(attributes), keys))
+        tenants.append(Tenant(tid, attributes, keys))
     return tenants
 
 

@@ -301,3 +301,11 @@ def test_identification_order_is_validated() -> None:
 
 def test_hash_api_key_is_sha256_hex() -> None:
     assert hash_api_key("demo-key-acme") == ACME_KEY_HASH
+
+
+def test_tenant_is_frozen_and_hashable() -> None:
+    t = Tenant("x", {"providers": ["openai"]})
+    assert t.attributes["providers"] == ("openai",)
+    with pytest.raises(TypeError):
+        t.attributes["plan"] = "free"  # type: ignore[index]
+    assert {t: 1}[Tenant("x", {"providers": ("openai",)})] == 1
