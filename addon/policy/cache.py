@@ -3,6 +3,10 @@
 A sidecar sees the same few policies over and over (one per tenant or app);
 a repeated header costs one dict lookup, not a parse. Policies that differ
 only in spelling share one `Policy` object, so its per-catalog memo is shared.
+The de-duplication key is the digest *and* which of rank/fallback were written
+explicitly: `combine` lets a request's explicit rank/fallback override its
+tenant's, so two fingerprint-equal spellings may combine differently and must
+not be merged (else the result would depend on which spelling came first).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ class PolicyCache:
     def __init__(self, registry: FieldRegistry, maxsize: int = 4096) -> None:
         self.registry = registry
         self._by_text: LRUCache[str | bytes, Policy | InvalidPolicy] = LRUCache(maxsize)
-        self._by_digest: LRUCache[str, Policy] = LRUCache(maxsize)
-        self._combined: LRUCache[tuple[str, str], Policy] = LRUCache(maxsize)
+        self._by_digest: LRUCache[tuple[str, frozenset[str]], Policy] = LRUCache(maxsize)
+        self._combined: LRUCache[tuple[str, str, frozenset[str]], Policy] = LRUCache(maxsize)
         self.hits = self.misses = 0
 
     def parse(self, source: str | bytes | Mapping[str, Any]) -> Policy:
@@ -44,11 +48,11 @@ class PolicyCache:
         return hit
 
     def combine(self, tenant: Policy, request: Policy) -> Policy:
-        key = (tenant.digest, request.digest)
+        key = (tenant.digest, request.digest, request.explicit)
         hit = self._combined.get(key)
         if hit is None:
             hit = self._combined[key] = self._dedupe(combine(tenant, request, self.registry))
         return hit
 
     def _dedupe(self, policy: Policy) -> Policy:
-        return self._by_digest.setdefault(policy.digest, policy)
+        return self._by_digest.setdefault((policy.digest, policy.explicit), policy)
