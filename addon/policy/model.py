@@ -156,20 +156,25 @@ class Policy:
 
 
 def canonical_rank(rank: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """Later keys on an already-used field never matter; `id` always breaks ties last."""
+    """Later keys on an already-used field never matter, nor any key after the unique `id`;
+    `id` always breaks ties last."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for d, f in rank:
         if f not in seen:
             seen.add(f)
             out.append((d, f))
-    if "id" not in seen:
-        out.append(TIE_BREAK)
+        if f == "id":
+            return tuple(out)
+    out.append(TIE_BREAK)
     return tuple(out)
 
 
 def canonical_form(checked: Checked) -> dict[str, Any]:
-    rules = {canon_key(c.normal): c.normal for c in checked.clauses}  # AND is commutative
+    rules: dict[str, Any] = {}  # clauses are ANDed: split a top-level `and`, sort, de-duplicate
+    for c in checked.clauses:
+        for x in (c.normal[1:] if c.normal[0] == "and" else [c.normal]):
+            rules[canon_key(x)] = x
     return {
         "schema": SCHEMA,
         "rules": [rules[k] for k in sorted(rules)],
