@@ -29,6 +29,8 @@ class ReadyFile:
             return  # nothing bound (e.g. --no-server): leave the poller waiting
         # Prefer the IPv4 loopback address when the proxy bound several.
         host, port = next((a for a in addrs if a[0] == "127.0.0.1"), addrs[0])
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"  # a wildcard bind is reachable on loopback
         path = Path(target)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"host": host, "port": port, "addrs": addrs}))
