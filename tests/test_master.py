@@ -89,14 +89,15 @@ def _start(tmp_path: Path, mode: str, port: int = 0) -> tuple[subprocess.Popen[s
     return proc, ready, done
 
 
-def test_proxies_a_request_and_sigterm_runs_done(tmp_path: Path, upstream: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_proxies_a_request_and_a_signal_runs_done(tmp_path: Path, upstream: str, sig: int) -> None:
     proc, ready, done = _start(tmp_path, f"reverse:{upstream}")
     addr = _wait_ready(ready, proc)
     with urllib.request.urlopen(f"http://{addr['host']}:{addr['port']}/v1/x", timeout=5) as r:
         assert r.status == 200
         assert json.loads(r.read()) == {"hello": "upstream"}
 
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert done.read_text() == "done"
@@ -154,6 +155,11 @@ def test_connection_strategy_is_lazy_and_allow_hosts_passes_through() -> None:
         return m.options.connection_strategy, list(m.options.allow_hosts)
 
     assert asyncio.run(build()) == ("lazy", ["api.openai.com"])
+
+
+def test_web_uses_mitmweb_master() -> None:
+    names = _addon_names({"web_port": 0}, web=True)
+    assert {"webaddon", "readyfile", "proxyserver"} <= names
 
 
 def test_ensure_ca_creates_once(tmp_path: Path) -> None:
