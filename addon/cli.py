@@ -1,0 +1,331 @@
+"""`routecar` command line: a thin shell over the core. Every error is one clear line, exit 2.
+
+    routecar run                       # the sidecar on 127.0.0.1:8080 (regular proxy)
+    routecar env                       # shell exports for zero-code adoption
+    routecar check policy.json         # fingerprint + canonical form, or every error
+    routecar fields                    # the fields rules can use
+    routecar rank policy.json          # the full decision, without calling a provider
+    routecar compile --tenant acme-free --tenants policies/tenants.yaml
+    routecar traces --last 20          # recent decisions
+    routecar explain rt_...            # the whole story of one decision
+    routecar demo                      # fake providers + sidecar + the official SDK
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .catalog import DEFAULT_CATALOG, load_catalog
+from .errors import InvalidPolicy, RoutecarError
+from .policy import Decision, parse_policy
+from .providers import DEFAULT_PROVIDERS
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_REQUEST = {"messages": [{"role": "user", "content": "Summarise our Q3 churn numbers in 3 bullets."}]}
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def read_json_arg(value: str, what: str) -> Any:
+    """A file path, '-' for stdin, or inline JSON."""
+    try:
+        if value == "-":
+            text = sys.stdin.read()
+        elif value.lstrip().startswith(("{", "[")):
+            text = value
+        else:
+            text = Path(value).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"cannot read {what} {value!r}: {e.strerror}") from None
+    return text
+
+
+def _console() -> Console:
+    return Console(soft_wrap=False, width=max(100, Console().width))
+
+
+def print_policy_errors(err: InvalidPolicy) -> None:
+    print(f"invalid policy: {len(err.errors)} error(s)", file=sys.stderr)
+    for e in err.errors:
+        print(f"  {e['path']}: {e['message']}", file=sys.stderr)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a policy: print its fingerprint and canonical form, or every error with its path.
+
+    Example: routecar check policies/examples/free-tier.json
+             echo '{"rules":[["eq","region","eu"]]}' | routecar check -
+    """
+    catalog = load_catalog(args.catalog)
+    try:
+        policy = parse_policy(read_json_arg(args.policy, "policy"), catalog.registry)
+    except InvalidPolicy as e:
+        if args.json:
+            print(json.dumps({"valid": False, "errors": e.errors}, indent=2))
+        else:
+            print_policy_errors(e)
+        return 2
+    out = {"valid": True, "fingerprint": policy.fingerprint, "digest": policy.digest,
+           "canonical": policy.canonical}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{policy.fingerprint}  (sha256 {policy.digest})")
+        print(json.dumps(policy.canonical, indent=2))
+    return 0
+
+
+def cmd_fields(args: argparse.Namespace) -> int:
+    """List the fields rules can use, with type, operators and an example.
+
+    Example: routecar fields --catalog policies/catalog.yaml
+    """
+    catalog = load_catalog(args.catalog)
+    fields = catalog.registry.to_list()
+    if args.json:
+        print(json.dumps(fields, indent=2, default=str))
+        return 0
+    t = Table("field", "type", "operators", "example", "description", title=f"fields ({catalog.version})")
+    for f in fields:
+        t.add_row(f["name"], f["type"], " ".join(f["operators"]), json.dumps(f["example"], default=str),
+                  f["description"])
+    _console().print(t)
+    return 0
+
+
+def render_decision(d: Decision, tenant: str | None = None) -> None:
+    c = _console()
+    p = d.policy
+    c.print(f"[bold]policy[/] {p.fingerprint}  tenant={tenant or '-'}  no_log={p.no_log}  "
+            f"max_attempts={p.max_attempts}  catalog={d.catalog.version}")
+    for cl in p.clauses:
+        c.print(f"  [{cl.index}] {cl.label:<24} {json.dumps(cl.rule)}" + (f"   (from {cl.from_})" if cl.from_ else ""))
+    r = d.request
+    c.print(f"[bold]request[/] ~{r.prompt_tokens} prompt tokens, {r.out_tokens} output tokens"
+            f"{', tools' if r.tools else ''}{', images' if r.vision else ''}")
+    rank_pos = {x.entry.id: i for i, x in enumerate(d.ranked, 1)}
+    t = Table("entry", "provider", "region", "verdict", "why / rank", title="candidates")
+    for entry, f in d.verdicts:
+        if f is None:
+            t.add_row(entry.id, entry.provider, entry.region, "[green]pass[/]", f"#{rank_pos.get(entry.id)}")
+        else:
+            t.add_row(entry.id, entry.provider, entry.region, "[red]drop[/]", f.reason())
+    c.print(t)
+    keys = [f for _, f in p.rank if f not in ("est_cost", "id")]
+    t = Table("#", "entry", "est. cost (USD)", *keys, title="ranked survivors")
+    for i, x in enumerate(d.ranked, 1):
+        t.add_row(str(i), x.entry.id, f"{x.est_cost:.6f}", *(json.dumps(x.keys.get(k)) for k in keys))
+    c.print(t)
+    if d.selected is None:
+        c.print("[bold red]no candidate[/]: every entry was dropped (see above)")
+    else:
+        c.print(f"[bold]selected[/] {d.selected.entry.id}   fallback: "
+                f"{' -> '.join(x.entry.id for x in d.fallback) or '(none)'}")
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    """Evaluate a policy (and/or a tenant's compiled policy) against the catalog; call nothing.
+
+    Example: routecar rank policies/examples/eu-only.json --request req.json
+             routecar rank --tenant initech-eu --tenants policies/tenants.yaml
+    """
+    from .engine import Engine  # local: the engine pulls in tenants and health
+    from .health import HealthTracker
+    from .reloading import ReloadingSource
+    catalog_src = ReloadingSource(args.catalog, load_catalog, lambda: 0.0)
+    engine = Engine(catalog_src, _providers(args), os.environ, HealthTracker(lambda: 0.0),
+                    **_tenant_kwargs(args))
+    payload: dict[str, Any] = {}
+    if args.policy:
+        payload["policy"] = read_json_arg(args.policy, "policy")
+    if args.tenant:
+        payload["tenant"] = args.tenant
+    if not payload:
+        raise CliError("give a POLICY and/or --tenant ID")
+    payload["request"] = json.loads(read_json_arg(args.request, "request")) if args.request else EXAMPLE_REQUEST
+    decision = engine.rank_decision(payload)
+    if args.json:
+        print(json.dumps({**decision.to_dict(), "tenant": args.tenant}, indent=2, default=str))
+    else:
+        render_decision(decision, args.tenant)
+    return 0 if decision.selected else 1
+
+
+def _providers(args: argparse.Namespace) -> Any:
+    from .providers import load_providers
+    return load_providers(args.providers)
+
+
+def _tenant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if not getattr(args, "tenants", None):
+        return {}
+    from .tenant_rules import load_rules
+    from .tenants import TenantSource
+    return {"tenants": TenantSource(args.tenants, clock=lambda: 0.0), "rules": load_rules(args.rules)}
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """Print shell exports that send an unmodified app's HTTPS through routecar.
+
+    Example: eval "$(routecar env)" && python my_app.py
+    """
+    from .cabundle import confdir, default_home, env_exports, write_bundle
+    from .mitm.master import ensure_ca
+    home = default_home(os.environ)
+    ca = ensure_ca(confdir(home))
+    bundle = write_bundle(ca, home / "ca-bundle.pem")
+    sys.stdout.write(env_exports(args.proxy, bundle, ca, args.shell))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the sidecar (a lean mitmproxy master carrying routecar's addon).
+
+    Example: OPENAI_API_KEY=... routecar run --listen 127.0.0.1:8080
+             routecar run --mode reverse:https://api.openai.com --listen 127.0.0.1:4000
+    """
+    from .cabundle import confdir, default_home, write_bundle
+    from .mitm.addon import Router
+    from .mitm.master import ensure_ca, run_lean
+    home = default_home(os.environ)
+    cdir = confdir(home)
+    ca = ensure_ca(cdir)
+    bundle = write_bundle(ca, home / "ca-bundle.pem")
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise CliError(f"--listen expects HOST:PORT, got {args.listen!r}")
+    options: dict[str, Any] = {
+        "routecar_catalog": str(args.catalog), "routecar_providers": str(args.providers),
+        "routecar_tenants": args.tenants or "", "routecar_rules": str(args.rules),
+        "routecar_default_policy": args.default_policy or "", "routecar_default_tenant": args.default_tenant or "",
+        "routecar_traces": args.traces or "",
+    }
+    if args.identify:
+        options["routecar_identify"] = args.identify
+    if args.proxyauth:
+        options["proxyauth"] = args.proxyauth
+    if args.save:
+        options["save_stream_file"] = args.save
+    proxy = f"http://{host}:{port}"
+    print(f"routecar: CA certificate {ca}\n"
+          f"routecar: trust bundle (public roots + CA) {bundle}\n"
+          f"routecar: regular mode: eval \"$(routecar env --proxy {proxy})\"; "
+          f"reverse mode: point the app's base URL at http://{host}:{port}/v1\n"
+          f"routecar: dry-run: curl -x {proxy} http://routecar.local/x/fields", file=sys.stderr, flush=True)
+    return run_lean([Router()], listen_host=host, listen_port=int(port), mode=[args.mode],
+                    confdir=str(cdir), options=options, web=args.web, set_specs=args.set)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Fake providers on loopback, the sidecar, and the official openai SDK through it.
+
+    Example: routecar demo
+    """
+    script = ROOT / "scripts" / "demo.py"
+    if not script.exists():
+        raise CliError("the demo runs from a routecar checkout (scripts/demo.py not found)")
+    os.execv(sys.executable, [sys.executable, str(script), *args.demo_args])
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="routecar", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=fn.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def catalog_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="catalog file or URL")
+
+    def tenant_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--tenants", default=None, help="tenant table (yaml, csv, sqlite:///db?table=t)")
+        sp.add_argument("--rules", default=str(ROOT / "policies" / "rules.yaml"), help="compile rules")
+
+    sp = command("run", cmd_run, "run the sidecar proxy")
+    sp.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    sp.add_argument("--mode", default="regular", help="regular (HTTPS_PROXY) or reverse:URL (base URL)")
+    catalog_opts(sp)
+    tenant_opts(sp)
+    sp.add_argument("--providers", default=str(DEFAULT_PROVIDERS))
+    sp.add_argument("--default-policy", help="policy_ir JSON or @file for calls with no policy/tenant")
+    sp.add_argument("--default-tenant")
+    sp.add_argument("--identify", help="tenant identification order, e.g. header,api_key,proxy_auth")
+    sp.add_argument("--traces", help="trace DB path, or 'off' (default $ROUTECAR_HOME/traces.db)")
+    sp.add_argument("--proxyauth", help="mitmproxy proxyauth spec, e.g. 'any' to read tenant ids from "
+                                        "HTTPS_PROXY=http://TENANT:x@host:port")
+    sp.add_argument("--save", help="save flows to this file (no_log payloads are never in it)")
+    sp.add_argument("--web", action="store_true", help="mitmweb UI (all default addons)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option")
+
+    sp = command("env", cmd_env, "print shell exports for zero-code adoption")
+    sp.add_argument("--proxy", default="http://127.0.0.1:8080")
+    sp.add_argument("--shell", default="sh", choices=["sh", "fish"])
+
+    sp = command("check", cmd_check, "validate a policy, print fingerprint + canonical form")
+    sp.add_argument("policy", help="policy file, '-' for stdin, or inline JSON")
+    sp.add_argument("--json", action="store_true")
+    catalog_opts(sp)
+
+    sp = command("fields", cmd_fields, "list rule fields")
+    sp.add_argument("--json", action="store_true")
+    catalog_opts(sp)
+
+    sp = command("rank", cmd_rank, "dry-run a policy: every verdict, the ranking, the selection")
+    sp.add_argument("policy", nargs="?", help="policy file, '-' or inline JSON")
+    sp.add_argument("--tenant", help="rank for this tenant's compiled policy (needs --tenants)")
+    sp.add_argument("--request", help="chat request JSON (file, '-' or inline); default: a short prompt")
+    sp.add_argument("--providers", default=str(DEFAULT_PROVIDERS))
+    sp.add_argument("--json", action="store_true")
+    catalog_opts(sp)
+    tenant_opts(sp)
+
+    sp = command("demo", cmd_demo, "run the demo: fake providers + sidecar + openai SDK")
+    sp.add_argument("demo_args", nargs=argparse.REMAINDER)
+
+    try:
+        from .cli_traces import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(command, catalog_opts, tenant_opts)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except InvalidPolicy as e:
+        print_policy_errors(e)
+        return 2
+    except (CliError, RoutecarError) as e:
+        print(f"routecar: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The routing engine: everything the addon does per request, minus mitmproxy and I/O.
+
+    headers + body ──resolve──▶ Policy (request ∧ tenant, or default) or None (pass through)
+    Policy + body  ──decide───▶ Decision (raises NoCandidate)
+    entry + body   ──outbound─▶ (url, headers, body) with the operator's key, no app credentials
+
+The addon (mitm/addon.py) translates flows into these calls; the dry-run
+endpoints (`/x/...`) are answered here too, so they behave the same in every mode.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachetools import LRUCache
+
+from .catalog import Catalog, CatalogEntry
+from .errors import BadRequest, ConfigError, InvalidPolicy, NoCandidate, RoutecarError, UnknownTenant
+from .health import HealthTracker
+from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
+from .providers import STRIP_HEADERS, Providers
+from .reloading import ReloadingSource
+from .tenant_rules import RuleSet, compile_policy
+from .tenants import Tenant, TenantSource, identify
+
+POLICY_HEADER = "x-route-policy"
+TENANT_HEADER = "x-tenant-id"
+MAX_BODY = 8 * 1024 * 1024
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                        "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding"})
+
+
+@dataclass(frozen=True)
+class Resolved:
+    policy: Policy
+    tenant: str | None = None
+    method: str | None = None      # how the tenant was identified
+    tenant_policy: Policy | None = None
+    request_policy: Policy | None = None
+
+
+@dataclass(frozen=True)
+class Outbound:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
+    """The JSON object of a chat request, or BadRequest saying what is wrong."""
+    if raw is None or not raw:
+        raise BadRequest("request body is empty: expected a JSON chat completion request")
+    if len(raw) > max_body:
+        raise BadRequest(f"request body larger than {max_body} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def client_api_key(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return headers.get("api-key") or headers.get("x-api-key") or None
+
+
+def check_catalog_providers(catalog: Catalog, providers: Providers) -> Catalog:
+    missing = sorted({e.provider for e in catalog.entries} - set(providers.by_name))
+    if missing:
+        raise ConfigError(f"{catalog.source}: catalog uses provider(s) not in providers.yaml: {', '.join(missing)}")
+    return catalog
+
+
+@dataclass
+class Engine:
+    catalog_source: ReloadingSource[Catalog]
+    providers: Providers
+    env: Mapping[str, str]
+    health: HealthTracker
+    tenants: TenantSource | None = None
+    rules: RuleSet | None = None
+    identify_order: tuple[str, ...] = ("header", "api_key", "proxy_auth", "body_user")
+    default_policy: str | None = None
+    default_tenant: str | None = None
+    max_body: int = MAX_BODY
+    _cache: PolicyCache | None = field(default=None, repr=False)
+    _tenant_policies: LRUCache[tuple[Any, ...], Policy] = field(default_factory=lambda: LRUCache(4096), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.default_policy:  # a bad default fails at start, not on a request
+            self.policies().parse(self.default_policy)
+        if self.default_tenant and self.tenants and self.tenants.current().get(self.default_tenant) is None:
+            raise ConfigError(f"default tenant {self.default_tenant!r} is not in {self.tenants.source}")
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.catalog_source.current()
+
+    def policies(self) -> PolicyCache:
+        """The policy cache for the current catalog's field registry (rebuilt if it changed)."""
+        registry = self.catalog.registry
+        if self._cache is None or self._cache.registry.key != registry.key:
+            self._cache = PolicyCache(registry)
+            self._tenant_policies.clear()
+        return self._cache
+
+    # -- resolve ------------------------------------------------------------------------
+    def tenant_policy(self, tenant: Tenant) -> Policy:
+        if self.rules is None:
+            raise ConfigError("tenants are configured but no rules file")
+        cache = self.policies()
+        key = (self.tenants.current().version if self.tenants else None, tenant.id)
+        hit = self._tenant_policies.get(key)
+        if hit is None:
+            hit = self._tenant_policies[key] = cache._dedupe(compile_policy(tenant, self.rules, cache.registry))
+        return hit
+
+    def find_tenant(self, headers: Mapping[str, str], body: Mapping[str, Any],
+                    proxy_user: str | None) -> tuple[Tenant | None, str | None]:
+        if self.tenants is None:
+            if headers.get(TENANT_HEADER):
+                raise UnknownTenant(headers[TENANT_HEADER], "header (no tenant table is configured)")
+            return None, None
+        table = self.tenants.current()
+        user = body.get("user")
+        ident = identify(self.identify_order, headers=headers, proxy_user=proxy_user,
+                         body_user=user if isinstance(user, str) else None,
+                         api_key=client_api_key(headers), table=table)
+        if ident is not None and ident.tenant is not None:
+            return ident.tenant, ident.method
+        if self.default_tenant:
+            return table.get(self.default_tenant), "default"
+        if ident is not None:
+            raise UnknownTenant(ident.claimed_id, ident.method)
+        return None, None
+
+    def resolve(self, headers: Mapping[str, str], body: Mapping[str, Any],
+                proxy_user: str | None = None) -> Resolved | None:
+        """The policy for this request, or None to pass it through untouched.
+
+        `headers` must have lower-case names. Raises InvalidPolicy / UnknownTenant.
+        """
+        cache = self.policies()
+        raw = headers.get(POLICY_HEADER)
+        req_pol = cache.parse(raw) if raw else None
+        tenant, method = self.find_tenant(headers, body, proxy_user)
+        ten_pol = self.tenant_policy(tenant) if tenant else None
+        if ten_pol and req_pol:
+            policy = cache.combine(ten_pol, req_pol)
+        else:
+            policy = ten_pol or req_pol
+        if policy is None:
+            if not self.default_policy:
+                return None
+            policy = cache.parse(self.default_policy)
+        return Resolved(policy, tenant.id if tenant else None, method, ten_pol, req_pol)
+
+    # -- decide -------------------------------------------------------------------------
+    def decide(self, policy: Policy, body: Mapping[str, Any], tenant: str | None = None) -> Decision:
+        decision = evaluate(policy, self.catalog, RequestProfile.from_body(body), self.health)
+        if not decision.ranked:
+            raise NoCandidate(decision.dropped(), fingerprint=policy.fingerprint, tenant=tenant)
+        return decision
+
+    def outbound(self, entry: CatalogEntry, body: Mapping[str, Any],
+                 client_headers: Mapping[str, str]) -> Outbound:
+        """The request to send to `entry`'s provider: its URL, the operator's key, the entry's model."""
+        provider = self.providers.get(entry.provider)
+        if provider is None:
+            raise ConfigError(f"catalog entry {entry.id} names unknown provider {entry.provider!r}")
+        key = provider.key(self.env)
+        headers = {k: v for k, v in client_headers.items()
+                   if k not in STRIP_HEADERS and k not in HOP_BY_HOP}
+        headers.update(provider.auth_headers(key))
+        payload = dict(body)
+        payload["model"] = entry.model
+        return Outbound(provider.chat_url, headers, json.dumps(payload).encode())
+
+    # -- dry-run endpoints ----------------------------------------------------------------
+    def dry_run(self, method: str, path: str, raw: bytes | None,
+                extra_health: Callable[[], Mapping[str, Any]] | None = None) -> tuple[int, dict[str, Any]]:
+        """Answer `/x/...`: (status, JSON body). Never calls a provider."""
+        route = path.split("?", 1)[0].rstrip("/")
+        try:
+            if route == "/x/fields" and method == "GET":
+                return 200, {"fields": self.catalog.registry.to_list()}
+            if route == "/x/catalog" and method == "GET":
+                cat = self.catalog
+                return 200, {"version": cat.version, "source": cat.source, "entries": cat.to_list(),
+                             "last_error": self.catalog_source.last_error}
+            if route == "/x/healthz" and method == "GET":
+                return 200, self.healthz(extra_health() if extra_health else {})
+            if route == "/x/rank" and method == "POST":
+                return 200, self.rank(parse_body(raw, self.max_body))
+            if route in ("/x/fields", "/x/catalog", "/x/healthz", "/x/rank"):
+                raise BadRequest(f"{method} not allowed on {route}")
+            raise BadRequest(f"unknown endpoint {route}: try /x/fields, /x/rank, /x/catalog, /x/healthz")
+        except RoutecarError as e:
+            status = 404 if e.message.startswith("unknown endpoint") else e.status
+            if "not allowed" in e.message:
+                status = 405
+            return status, e.to_openai()
+
+    def rank_decision(self, payload: Mapping[str, Any]) -> Decision:
+        """The decision `POST /x/rank` and `routecar rank` show: {"policy", "request", "tenant"}."""
+        cache = self.policies()
+        req_body = payload.get("request") or {"messages": [{"role": "user", "content": "hello"}]}
+        if not isinstance(req_body, Mapping):
+            raise BadRequest("'request' must be a chat completion request object")
+        pol_src = payload.get("policy")
+        req_pol = None
+        if pol_src is not None:
+            req_pol = cache.parse(pol_src if isinstance(pol_src, (Mapping, str)) else json.dumps(pol_src))
+        tenant_id = payload.get("tenant")
+        ten_pol = None
+        if tenant_id is not None:
+            table = self.tenants.current() if self.tenants else None
+            tenant = table.get(str(tenant_id)) if table else None
+            if tenant is None:
+                raise UnknownTenant(str(tenant_id), "rank request")
+            ten_pol = self.tenant_policy(tenant)
+        if ten_pol and req_pol:
+            policy = cache.combine(ten_pol, req_pol)
+        else:
+            policy = ten_pol or req_pol
+        if policy is None:
+            raise InvalidPolicy([{"path": "$", "message": "give 'policy' and/or 'tenant'"}])
+        return evaluate(policy, self.catalog, RequestProfile.from_body(req_body), self.health)
+
+    def rank(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        out = self.rank_decision(payload).to_dict()
+        out["tenant"] = payload.get("tenant")
+        return out
+
+    def healthz(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        cat = self.catalog
+        body: dict[str, Any] = {
+            "status": "ok",
+            "catalog": {"version": cat.version, "entries": len(cat.entries), "source": cat.source,
+                        "last_error": self.catalog_source.last_error},
+            "health": self.health.snapshot(),
+        }
+        if self.tenants is not None:
+            table = self.tenants.current()
+            body["tenants"] = {"source": self.tenants.source, "version": table.version,
+                               "count": len(table.ids()), "last_error": self.tenants.last_error}
+        body.update(extra)
+        if self.catalog_source.last_error or (self.tenants and self.tenants.last_error):
+            body["status"] = "degraded"
+        return body
