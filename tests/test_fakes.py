@@ -267,6 +267,14 @@ def test_required_key_bearer_or_api_key() -> None:
         assert len(fleet.requests("openai")) == 2
 
 
+def test_required_key_set_per_test_is_undone_by_reset(fake: FakeFleet) -> None:
+    fake.set_required_key("google", "g-key")
+    with pytest.raises(openai.AuthenticationError):
+        client(fake, "google").chat.completions.create(model="m", messages=MESSAGES)
+    fake.reset()
+    assert client(fake, "google").chat.completions.create(model="m", messages=MESSAGES).choices
+
+
 def test_async_api_inside_running_loop() -> None:
     async def scenario() -> dict[str, object]:
         async with FakeFleet(["deepseek"]) as fleet:

@@ -140,6 +140,7 @@ class FakeProvider:
     def __init__(self, name: str, require_key: str | None = None) -> None:
         self.name = name
         self.require_key = require_key
+        self._default_key = require_key
         self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECORDS)
         self._rules: list[dict[str, Any]] = []
         # Scripts are set from test threads and consumed on the server loop.
@@ -157,8 +158,10 @@ class FakeProvider:
             return [dict(rule) for rule in self._rules]
 
     def reset(self) -> None:
+        """Clear records and script; restore the key given at construction."""
         with self._lock:
             self._rules = []
+        self.require_key = self._default_key
         self.records.clear()
 
     def _take_rule(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -476,8 +479,12 @@ class FakeFleet:
     def set_script(self, name: str, rules: list[dict[str, Any]]) -> None:
         self.providers[name].set_script(rules)
 
+    def set_required_key(self, name: str, key: str | None) -> None:
+        """Make provider ``name`` answer 401 unless a request carries ``key`` (None: any)."""
+        self.providers[name].require_key = key
+
     def reset(self) -> None:
-        """Clear every provider's records and script."""
+        """Clear every provider's records, script and set_required_key()."""
         for provider in self.providers.values():
             provider.reset()
 
