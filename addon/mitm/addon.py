@@ -67,6 +67,10 @@ class Routed:
         return self.resolved is None or self.resolved.policy.no_log
 
 
+def make_response(status: int, body: bytes, headers: list[tuple[str, str]]) -> http.Response:
+    return http.Response.make(status, body, http.Headers([(k.encode(), v.encode()) for k, v in headers]))
+
+
 def new_trace_id() -> str:
     return f"rt_{int(time.time() * 1000):x}{secrets.token_hex(4)}"
 
@@ -191,6 +195,14 @@ class Router:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.engine is None:
             return
+        try:
+            await self._route(flow)
+        except Exception as e:  # noqa: BLE001 - a bug must never forward the app's request as is
+            log.exception("routecar: internal error while routing")
+            state = flow.metadata.get(META) or Routed(new_trace_id(), time.monotonic(), "?")
+            self._respond_error(flow, state, RoutecarError(f"routecar internal error: {type(e).__name__}"))
+
+    async def _route(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         reverse = _is_reverse(flow)
         if req.pretty_host == LOCAL_HOST or (reverse and req.path.startswith("/x/")):
@@ -234,8 +246,7 @@ class Router:
             req.headers["host"] = f"127.0.0.1:{self.relay.port}"
             req.content = b""
             return
-        flow.response = http.Response.make(result.status, result.body,
-                                           result.headers + self._route_headers(state))
+        flow.response = make_response(result.status, result.body, result.headers + self._route_headers(state))
         self._finish(state, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -298,8 +309,8 @@ class Router:
         flow.metadata[META] = state
         body = json.dumps(err.to_openai()).encode()
         state.result = Result(err.status, [("content-type", "application/json")], [], body=body, error=err)
-        flow.response = http.Response.make(err.status, body, [("content-type", "application/json")]
-                                           + self._route_headers(state))
+        flow.response = make_response(err.status, body,
+                                      [("content-type", "application/json"), *self._route_headers(state)])
         flow.comment = f"routecar {state.trace_id}: {err.code}"
         flow.marked = ":warning:"
         self._finish(state, None)
