@@ -208,7 +208,9 @@ class Decision:
         return None
 
     def dropped(self) -> list[dict[str, Any]]:
-        return [{"id": e.id, "reason": f.reason(), **f.to_dict()} for e, f in self.verdicts if f is not None]
+        """Why each dropped entry was dropped (the `no_candidate` error body): shaped like a candidate."""
+        return [{"id": e.id, "provider": e.provider, "model": e.model, "reason": f.reason(), "failed": f.to_dict()}
+                for e, f in self.verdicts if f is not None]
 
     def to_dict(self) -> dict[str, Any]:
         return {
