@@ -198,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              routecar run --mode reverse:https://api.openai.com --listen 127.0.0.1:4000
     """
     from .cabundle import confdir, default_home, write_bundle
-    from .mitm.addon import Router
+    from .mitm.router import Router
     from .mitm.master import ensure_ca, run_lean
     home = default_home(os.environ)
     cdir = confdir(home)

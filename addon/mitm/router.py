@@ -1,0 +1,373 @@
+"""routecar's mitmproxy addon: the only place where flows meet the routing core.
+
+`routecar run` loads `Router` into its lean master; stock mitmproxy loads it
+through the script `addon/mitm/addon.py`:
+
+    mitmdump -s addon/mitm/addon.py --set connection_strategy=lazy
+
+An OpenAI-style `POST .../chat/completions` to a provider host (any host in
+reverse mode) that carries a policy, or comes from a known tenant, is routed:
+evaluated, tried against the ranked entries with the operator's keys, and
+answered with `x-route-*` headers. Everything else passes through untouched.
+`/x/...` dry-run endpoints are answered at `routecar.local` (regular mode) or at
+the sidecar's own address (reverse mode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
+
+from routecar.catalog import DEFAULT_CATALOG, load_catalog
+from routecar.engine import Engine, Resolved, check_catalog_providers, parse_body
+from routecar.errors import ConfigError, RoutecarError
+from routecar.health import HealthTracker
+from routecar.policy import Decision
+from routecar.providers import DEFAULT_PROVIDERS, STRIP_HEADERS, load_providers
+from routecar.reloading import ReloadingSource
+from routecar.tenant_rules import load_rules
+from routecar.tenants import TenantSource, validate_order
+from routecar.traces import TraceRecord, default_traces_path
+from routecar.tracewriter import TraceWriter
+from routecar.upstream import Relay, Result, StreamStats, Timeouts, try_plan
+
+log = logging.getLogger("routecar")
+
+LOCAL_HOST = "routecar.local"
+DEFAULT_RULES = DEFAULT_PROVIDERS.parent / "rules.yaml"
+META = "routecar"
+
+
+@dataclass
+class Routed:
+    """What the addon knows about one routed request, kept in flow.metadata."""
+
+    trace_id: str
+    t0: float
+    mode: str
+    resolved: Resolved | None = None
+    decision: Decision | None = None
+    result: Result | None = None
+    request_body: bytes | None = None
+    requested_model: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def no_log(self) -> bool:
+        # Until a policy says otherwise, keep nothing: an invalid policy may have meant no_log.
+        return self.resolved is None or self.resolved.policy.no_log
+
+
+def make_response(status: int, body: bytes, headers: list[tuple[str, str]]) -> http.Response:
+    return http.Response.make(status, body, http.Headers([(k.encode(), v.encode()) for k, v in headers]))
+
+
+def new_trace_id() -> str:
+    return f"rt_{int(time.time() * 1000):x}{secrets.token_hex(4)}"
+
+
+def _is_reverse(flow: http.HTTPFlow) -> bool:
+    return isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+
+
+class Router:
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.writer: TraceWriter | None = None
+        self.relay: Relay | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.timeouts = Timeouts()
+        self.routed = self.passed = 0
+
+    # -- configuration ----------------------------------------------------------------
+    def load(self, loader: Any) -> None:
+        loader.add_option("routecar_catalog", str, str(DEFAULT_CATALOG),
+                          "Catalog file (YAML/JSON) or http(s) URL; reloaded when it changes.")
+        loader.add_option("routecar_providers", str, str(DEFAULT_PROVIDERS),
+                          "providers.yaml: base URL, auth style and key variable per provider.")
+        loader.add_option("routecar_tenants", str, "",
+                          "Tenant table: tenants.yaml, a .csv file or sqlite:///file.db?table=tenants. "
+                          "Empty: tenants are not used.")
+        loader.add_option("routecar_rules", str, str(DEFAULT_RULES),
+                          "rules.yaml compiling tenant attributes into policy clauses.")
+        loader.add_option("routecar_identify", str, "header,api_key,proxy_auth",
+                          "Tenant identification methods, in order (also: body_user, the body's `user` field).")
+        loader.add_option("routecar_default_tenant", str, "",
+                          "Tenant used when a request names none (or an unknown one).")
+        loader.add_option("routecar_default_policy", str, "",
+                          "policy_ir JSON (or @file) applied to LLM calls with no policy and no tenant.")
+        loader.add_option("routecar_traces", str, "",
+                          "Trace database path (default: $ROUTECAR_HOME/traces.db); 'off' disables traces.")
+        loader.add_option("routecar_traces_max_age", str, "",
+                          "Prune traces older than this (e.g. 7d, 12h). Empty: keep.")
+        loader.add_option("routecar_traces_max_rows", int, 0,
+                          "Keep at most this many traces (0: no limit).")
+        loader.add_option("routecar_connect_timeout", float, 5.0, "Seconds to connect to a provider.")
+        loader.add_option("routecar_first_byte_timeout", float, 60.0,
+                          "Seconds from sending a request to a provider's response headers.")
+        loader.add_option("routecar_deadline", float, 120.0,
+                          "Seconds for all attempts of one request together.")
+        loader.add_option("routecar_max_body", int, 8 * 1024 * 1024, "Largest request body routed (bytes).")
+        loader.add_option("routecar_intercept_only_providers", bool, True,
+                          "In regular mode, decrypt TLS only for provider hosts (sets allow_hosts).")
+
+    def configure(self, updated: set[str]) -> None:
+        if not any(k.startswith("routecar_") for k in updated) and self.engine is not None:
+            if "mode" in updated:
+                self._set_allow_hosts()
+            return
+        o = ctx.options
+        try:
+            providers = load_providers(o.routecar_providers)
+            catalog_src = ReloadingSource(
+                o.routecar_catalog, lambda s: check_catalog_providers(load_catalog(s), providers), time.monotonic)
+            tenants = rules = None
+            if o.routecar_tenants:
+                tenants = TenantSource(o.routecar_tenants, clock=time.monotonic)
+                rules = load_rules(o.routecar_rules)
+            default_policy = o.routecar_default_policy
+            if default_policy.startswith("@"):
+                with open(default_policy[1:], encoding="utf-8") as f:
+                    default_policy = f.read()
+            self.engine = Engine(
+                catalog_src, providers, os.environ, HealthTracker(time.monotonic),
+                tenants=tenants, rules=rules,
+                identify_order=validate_order([m.strip() for m in o.routecar_identify.split(",") if m.strip()]),
+                default_policy=default_policy or None, default_tenant=o.routecar_default_tenant or None,
+                max_body=o.routecar_max_body,
+            )
+            self.timeouts = Timeouts(o.routecar_connect_timeout, o.routecar_first_byte_timeout,
+                                     max(o.routecar_first_byte_timeout, 120.0), o.routecar_deadline)
+        except (RoutecarError, OSError) as e:
+            raise exceptions.OptionsError(f"routecar: {getattr(e, 'message', None) or e}") from e
+        self._set_allow_hosts()
+
+    def _set_allow_hosts(self) -> None:
+        """Decrypt only provider hosts: other HTTPS is tunnelled and never sees our CA."""
+        o = ctx.options
+        if not (self.engine and o.routecar_intercept_only_providers) or o.ignore_hosts:
+            return
+        if any(not m.startswith("regular") for m in o.mode):
+            return  # reverse/other modes: the target itself must stay intercepted
+        hosts = sorted(self.engine.providers.intercept_hosts | {LOCAL_HOST})
+        patterns = [rf"^{re.escape(h)}:\d+$" for h in hosts]
+        if list(o.allow_hosts) != patterns:
+            o.allow_hosts = patterns
+
+    async def running(self) -> None:
+        o = ctx.options
+        self.relay = Relay(self.timeouts)
+        await self.relay.start()
+        # trust_env=False: the sidecar's own HTTPS_PROXY (if any) must not loop back into itself.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+            trust_env=False)
+        if o.routecar_traces != "off":
+            from routecar.traces import parse_since
+            path = o.routecar_traces or str(default_traces_path(os.environ))
+            max_age = parse_since(o.routecar_traces_max_age) if o.routecar_traces_max_age else None
+            self.writer = TraceWriter(path, max_age_s=max_age,
+                                      max_rows=o.routecar_traces_max_rows or None).start()
+        log.info("routecar: routing with catalog %s (%d entries), traces %s",
+                 self.engine.catalog.version if self.engine else "?",
+                 len(self.engine.catalog.entries) if self.engine else 0,
+                 self.writer.store_path if self.writer else "off")
+
+    async def done(self) -> None:
+        if self.writer is not None:
+            self.writer.close(timeout=10)
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.session is not None:
+            await self.session.close()
+
+    # -- hooks --------------------------------------------------------------------------
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or self.engine is None:
+            return
+        try:
+            await self._route(flow)
+        except Exception as e:  # noqa: BLE001 - a bug must never forward the app's request as is
+            log.exception("routecar: internal error while routing")
+            state = flow.metadata.get(META) or Routed(new_trace_id(), time.monotonic(), "?")
+            self._respond_error(flow, state, RoutecarError(f"routecar internal error: {type(e).__name__}"))
+
+    async def _route(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        reverse = _is_reverse(flow)
+        if req.pretty_host == LOCAL_HOST or (reverse and req.path.startswith("/x/")):
+            self._dry_run(flow)
+            return
+        if not self._is_llm_call(flow, reverse):
+            return
+        state = Routed(new_trace_id(), time.monotonic(), "reverse" if reverse else "regular")
+        # mitmproxy keeps header case: compare and strip by lower-case name.
+        state.headers = {k.lower(): v for k, v in req.headers.items()}
+        try:
+            body = parse_body(req.get_content(strict=False), self.engine.max_body)
+            model = body.get("model")
+            state.requested_model = model if isinstance(model, str) else None
+            proxy_user = (flow.metadata.get("proxyauth") or (None,))[0]
+            state.resolved = self.engine.resolve(state.headers, body, proxy_user)
+            if state.resolved is None:
+                self.passed += 1
+                return  # no policy, no tenant, no default: untouched
+            flow.metadata[META] = state
+            state.request_body = None if state.no_log else req.raw_content
+            state.decision = self.engine.decide(state.resolved.policy, body, state.resolved.tenant)
+        except RoutecarError as e:
+            self._respond_error(flow, state, e)
+            return
+        finally:
+            self._scrub_flow_request(flow, state)
+        self.routed += 1
+        assert self.session is not None and self.relay is not None
+        state.result = result = await try_plan(self.session, self.engine, state.decision, body,
+                                               state.headers, timeouts=self.timeouts)
+        flow.comment = self._summary(state)
+        if result.stream is not None or state.no_log:
+            # Streams (and every no_log answer) go through the relay: chunk by chunk, and
+            # never held in the flow where a saved flow file or mitmweb would keep it.
+            path = self.relay.register(result.status, result.headers, stream=result.stream,
+                                       body=result.body, capture=not state.no_log,
+                                       on_done=lambda stats: self._finish(state, stats))
+            req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, path
+            req.headers.clear()
+            req.headers["host"] = f"127.0.0.1:{self.relay.port}"
+            req.content = b""
+            return
+        flow.response = make_response(result.status, result.body, result.headers + self._route_headers(state))
+        self._finish(state, None)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = flow.metadata.get(META)
+        if not isinstance(state, Routed) or state.result is None or flow.response is None:
+            return
+        if flow.request.path.startswith(Relay.PREFIX):
+            flow.response.stream = True
+            for k, v in self._route_headers(state):
+                flow.response.headers[k] = v
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = flow.metadata.get(META)
+        if isinstance(state, Routed) and state.result is not None and self.relay is not None:
+            self.relay.discard(flow.request.path)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _is_llm_call(self, flow: http.HTTPFlow, reverse: bool) -> bool:
+        req = flow.request
+        if req.method != "POST" or not req.path.split("?", 1)[0].endswith("/chat/completions"):
+            return False
+        assert self.engine is not None
+        return reverse or self.engine.providers.is_provider_host(req.pretty_host)
+
+    def _route_headers(self, state: Routed) -> list[tuple[str, str]]:
+        out = [("x-route-trace-id", state.trace_id)]
+        if state.resolved is not None:
+            out.append(("x-route-fingerprint", state.resolved.policy.fingerprint))
+        res = state.result
+        if res is not None:
+            out.append(("x-route-attempts", str(len(res.attempts))))
+            if res.entry_id and state.decision is not None:
+                entry = state.decision.catalog.get(res.entry_id)
+                if entry is not None:
+                    out += [("x-route-model", entry.model), ("x-route-provider", entry.provider)]
+        return out
+
+    def _summary(self, state: Routed) -> str:
+        r, d, res = state.resolved, state.decision, state.result
+        parts = [f"routecar {state.trace_id}"]
+        if r is not None:
+            parts.append(f"tenant={r.tenant or '-'} policy={r.policy.fingerprint}")
+        if res is not None:
+            parts.append(f"-> {res.entry_id or 'none'} status={res.status} attempts={len(res.attempts)}")
+        elif d is not None and d.selected:
+            parts.append(f"selected={d.selected.entry.id}")
+        return " ".join(parts)
+
+    def _scrub_flow_request(self, flow: http.HTTPFlow, state: Routed) -> None:
+        """The app's credentials and routing headers stay out of the flow (saved flows, mitmweb)."""
+        if META not in flow.metadata and state.resolved is None:
+            return
+        for name in list(flow.request.headers.keys()):
+            if name.lower() in STRIP_HEADERS:
+                flow.request.headers[name] = "[redacted]"
+        if state.no_log:
+            flow.request.content = b'{"routecar": "payload not kept (no_log)"}'
+
+    def _respond_error(self, flow: http.HTTPFlow, state: Routed, err: RoutecarError) -> None:
+        flow.metadata[META] = state
+        body = json.dumps(err.to_openai()).encode()
+        state.result = Result(err.status, [("content-type", "application/json")], [], body=body, error=err)
+        flow.response = make_response(err.status, body,
+                                      [("content-type", "application/json"), *self._route_headers(state)])
+        flow.comment = f"routecar {state.trace_id}: {err.code}"
+        flow.marked = ":warning:"
+        self._finish(state, None)
+
+    def _finish(self, state: Routed, stats: StreamStats | None) -> None:
+        """Write the trace: once per routed request, after the client got its answer."""
+        if self.writer is None or state.result is None:
+            return
+        res, d, r = state.result, state.decision, state.resolved
+        if res.error is not None:
+            outcome = res.error.code
+        elif stats is not None and stats.error:
+            outcome = "stream_broken"
+        elif stats is not None and stats.client_gone:
+            outcome = "client_gone"
+        else:
+            outcome = "ok" if res.status < 400 else "provider_error"
+        response_body: bytes | None = None
+        if not state.no_log:
+            response_body = bytes(stats.captured) if stats is not None and stats.captured is not None else res.body
+        usage = _usage(bytes(stats.tail) if stats is not None else res.body)
+        self.writer.submit(TraceRecord(
+            trace_id=state.trace_id, ts=time.time(), tenant=r.tenant if r else None, mode=state.mode,
+            no_log=state.no_log, stream=bool(d and d.request.stream), status=res.status, outcome=outcome,
+            latency_ms=round((time.monotonic() - state.t0) * 1000, 2), ttfb_ms=res.ttfb_ms, usage=usage,
+            decision=d.to_dict() if d is not None else None, attempts=res.attempts,
+            request_body=state.request_body, response_body=response_body,
+            error=res.error.to_openai() if res.error is not None else None,
+            fingerprint=r.policy.fingerprint if r else None, digest=r.policy.digest if r else None,
+            requested_model=state.requested_model))
+
+    def _dry_run(self, flow: http.HTTPFlow) -> None:
+        assert self.engine is not None
+        status, body = self.engine.dry_run(flow.request.method, flow.request.path,
+                                           flow.request.get_content(strict=False), self._extra_health)
+        flow.response = http.Response.make(status, json.dumps(body, indent=2, default=str).encode(),
+                                           {"content-type": "application/json"})
+
+    def _extra_health(self) -> dict[str, Any]:
+        return {"traces": self.writer.stats() if self.writer else None,
+                "requests": {"routed": self.routed, "passed_through": self.passed}}
+
+
+_USAGE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
+
+
+def _usage(blob: bytes | None) -> dict[str, Any] | None:
+    """The last `usage` object of a response or an SSE stream's tail."""
+    if not blob:
+        return None
+    found = _USAGE.findall(blob)
+    if not found:
+        return None
+    try:
+        usage = json.loads(found[-1])
+    except ValueError:
+        return None
+    return usage if isinstance(usage, dict) else None
+

@@ -1,0 +1,100 @@
+"""End-to-end fixtures: the real sidecar (`routecar run` or stock `mitmdump -s`) as a
+subprocess in front of the loopback fake providers, and the official openai SDK.
+
+- ``routecar_home`` (session): ROUTECAR_HOME with a CA generated once.
+- ``loopback`` (session): providers.yaml pointing every provider at its fake + key env.
+- ``sidecar(*args, mode="regular", stock=False, env=None)``: a started proxy; `.traces`
+  is its trace DB, `.ca` its CA certificate.
+- ``sdk(proxy)``: an ``openai.OpenAI`` client that reaches the sidecar as an
+  unmodified app would: via HTTPS_PROXY + CA in regular mode, via base_url in reverse.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import ssl
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from mitmproxy.certs import CertStore
+
+from tests.fakes import MITMDUMP, READY_ADDON, FakeFleet, ProxyProcess
+from tests.fakes.config import write_loopback_providers
+
+ADDON = str(Path(__file__).resolve().parents[2] / "addon" / "mitm" / "addon.py")
+
+
+@pytest.fixture(scope="session")
+def routecar_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("routecar-home")
+    CertStore.from_store(home / "mitmproxy", "mitmproxy", 2048)
+    return home
+
+
+@pytest.fixture(scope="session")
+def loopback(fake_fleet: FakeFleet, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    d = tmp_path_factory.mktemp("loopback")
+    return write_loopback_providers(fake_fleet.url, d / "providers.yaml")
+
+
+class Sidecar:
+    def __init__(self, proc: ProxyProcess, traces: Path, ca: Path, mode: str) -> None:
+        self.proc, self.traces, self.ca, self.mode = proc, traces, ca, mode
+
+    @property
+    def url(self) -> str:
+        return self.proc.url
+
+    def log(self) -> str:
+        return self.proc.log_text()
+
+    def stop(self) -> int | None:
+        return self.proc.stop()
+
+    def trace_rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.traces) as db:
+            return db.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path, routecar_home: Path, loopback: tuple[Path, dict[str, str]],
+            fake: FakeFleet) -> Iterator[Callable[..., Sidecar]]:
+    started: list[Sidecar] = []
+
+    def start(*args: str, mode: str = "regular", stock: bool = False,
+              env: dict[str, str] | None = None, name: str | None = None) -> Sidecar:
+        providers, keys = loopback
+        traces = tmp_path / f"traces{len(started)}.db"
+        confdir = routecar_home / "mitmproxy"
+        mode_spec = "reverse:http://127.0.0.1:9" if mode == "reverse" else mode
+        if stock:  # stock mitmdump loading the addon script unchanged
+            argv = [MITMDUMP, "-q", "--listen-host", "127.0.0.1", "-p", "0", "--mode", mode_spec,
+                    "--set", f"confdir={confdir}", "--set", "connection_strategy=lazy",
+                    "-s", READY_ADDON, "-s", ADDON,
+                    "--set", f"routecar_providers={providers}", "--set", f"routecar_traces={traces}", *args]
+        else:
+            argv = [sys.executable, "-m", "routecar.cli", "run", "--listen", "127.0.0.1:0",
+                    "--mode", mode_spec, "--providers", str(providers), "--traces", str(traces), *args]
+        child_env = {"ROUTECAR_HOME": str(routecar_home), **keys, **(env or {})}
+        proc = ProxyProcess.start(argv, tmp_path, env=child_env, ready_timeout=30,
+                                  name=name or f"sidecar{len(started)}")
+        s = Sidecar(proc, traces, confdir / "mitmproxy-ca-cert.pem", mode)
+        started.append(s)
+        return s
+
+    yield start
+    for s in reversed(started):
+        s.stop()
+
+
+def sdk(side: Sidecar, api_key: str = "sk-app-own-key-1234567890", **kw: Any) -> openai.OpenAI:
+    """The official SDK, configured the way an unmodified app would be."""
+    if side.mode == "reverse":
+        return openai.OpenAI(base_url=side.url + "/v1", api_key=api_key, max_retries=0, **kw)
+    http_client = openai.DefaultHttpxClient(proxy=side.url, verify=ssl.create_default_context(cafile=str(side.ca)))
+    return openai.OpenAI(base_url="https://api.openai.com/v1", api_key=api_key, max_retries=0,
+                         http_client=http_client, **kw)
