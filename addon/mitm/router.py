@@ -88,6 +88,7 @@ class Router:
         self.session: aiohttp.ClientSession | None = None
         self.timeouts = Timeouts()
         self.routed = self.passed = 0
+        self._catalogs_traced: set[str] = set()  # versions whose snapshot went to the store
 
     # -- configuration ----------------------------------------------------------------
     def load(self, loader: Any) -> None:
@@ -333,7 +334,8 @@ class Router:
         if not state.no_log:
             response_body = bytes(stats.captured) if stats is not None and stats.captured is not None else res.body
         usage = _usage(bytes(stats.tail) if stats is not None else res.body)
-        self.writer.submit(TraceRecord(
+        catalog = self._catalog_snapshot(d)
+        queued = self.writer.submit(TraceRecord(
             trace_id=state.trace_id, ts=time.time(), tenant=r.tenant if r else None, mode=state.mode,
             no_log=state.no_log, stream=bool(d and d.request.stream), status=res.status, outcome=outcome,
             latency_ms=round((time.monotonic() - state.t0) * 1000, 2), ttfb_ms=res.ttfb_ms, usage=usage,
@@ -341,7 +343,17 @@ class Router:
             request_body=state.request_body, response_body=response_body,
             error=res.error.to_openai() if res.error is not None else None,
             fingerprint=r.policy.fingerprint if r else None, digest=r.policy.digest if r else None,
-            requested_model=state.requested_model))
+            requested_model=state.requested_model, catalog=catalog))
+        if not queued and catalog is not None and d is not None:  # dropped: send it again next time
+            self._catalogs_traced.discard(d.catalog.version)
+
+    def _catalog_snapshot(self, d: Decision | None) -> list[dict[str, Any]] | None:
+        """The catalog's entries the first time a trace uses its version (`routecar explain` replays
+        against it); None afterwards: the store keeps one copy per version."""
+        if d is None or d.catalog.version in self._catalogs_traced:
+            return None
+        self._catalogs_traced.add(d.catalog.version)
+        return d.catalog.to_list()
 
     def _dry_run(self, flow: http.HTTPFlow) -> None:
         assert self.engine is not None
