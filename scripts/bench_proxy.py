@@ -7,7 +7,7 @@ until `routecar run` exists):
   b  stock `mitmdump -q`, reverse mode, no addon: the baseline every ratio uses
   e  routecar's lean master (`python -m routecar.mitm.master`), reverse mode, no addon
   c  `routecar run`, reverse mode, requests carry an X-Route-Policy header
-  d  `routecar run`, regular mode: CONNECT api.openai.com:443 + TLS via the proxy
+  d  `routecar run`, regular mode: CONNECT api.openai.com:443 + TLS via the proxy, policy header
 
 Every run is bounded by count (--requests) and time (--duration-cap). The
 upstream is a minimal asyncio HTTP/1.1 keep-alive server answering a fixed
@@ -98,6 +98,21 @@ async def _serve_upstream(ready: Path) -> None:
 
 # --------------------------------------------------------------------------- asyncio client
 
+async def _read_body(reader: asyncio.StreamReader, head: bytes) -> None:
+    """Consume a response body framed by content-length or chunked transfer-encoding."""
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)  # data + CRLF (for size 0: the final CRLF)
+            if size == 0:
+                return
+    for line in lower.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            await reader.readexactly(int(line[15:]))
+            return
+
+
 async def _client(spec: dict) -> dict:
     """Closed loop: `conns` keep-alive connections share `requests`; stop at `deadline_s`."""
     host, port, n, deadline = spec["host"], spec["port"], spec["requests"], time.monotonic() + spec["deadline_s"]
@@ -126,11 +141,7 @@ async def _client(spec: dict) -> dict:
             try:
                 writer.write(req)
                 resp = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in resp.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                await reader.readexactly(length)
+                await _read_body(reader, resp)
                 if resp[9:12] != b"200":
                     errors += 1
                 latencies.append(time.perf_counter() - t0)
@@ -298,18 +309,30 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None)
     if case == "e":
         cmd = [PY, "-m", "routecar.mitm.master", "--listen", "127.0.0.1:0", "--mode", f"reverse:{up}",
                "--confdir", str(conf), "--set", "termlog_verbosity=error"]
-    elif case == "c":
-        cmd = [str(BIN / "routecar"), "run", "--listen", "127.0.0.1:0", "--mode", f"reverse:{up}"]
-    else:  # d
-        cmd = [str(BIN / "routecar"), "run", "--listen", "127.0.0.1:0"]
+    else:  # c, d: every provider in providers.yaml points at the loopback upstream
+        providers, keys = _loopback_providers(up, work / f"providers-{case}.yaml")
+        env.update(keys)
+        cmd = [str(BIN / "routecar"), "run", "--listen", "127.0.0.1:0", "--providers", str(providers),
+               "--set", "termlog_verbosity=error"]
+        if case == "c":
+            cmd += ["--mode", f"reverse:{up}"]
     proc = subprocess.Popen(cmd, env=env, **quiet)
     addr = _wait_json(ready, proc)
     if case == "c":
         return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY})
     if case == "d":
         ca = work / f"home-{case}" / "mitmproxy" / "mitmproxy-ca-cert.pem"
-        return Target(proc, addr["host"], addr["port"], {}, connect="api.openai.com:443", cafile=str(ca))
+        return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY},
+                      connect="api.openai.com:443", cafile=str(ca))
     return Target(proc, addr["host"], addr["port"], {})
+
+
+def _loopback_providers(upstream: str, out: Path) -> tuple[Path, dict[str, str]]:
+    """providers.yaml sending every provider to `upstream` (keeping real hosts for interception)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fakes.config import write_loopback_providers
+
+    return write_loopback_providers(lambda _name: f"{upstream}/v1", out)
 
 
 def routecar_run_available() -> bool:
