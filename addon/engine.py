@@ -23,7 +23,7 @@ from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
 from .providers import STRIP_HEADERS, Providers
 from .reloading import ReloadingSource
-from .tenant_rules import RuleSet, compile_policy
+from .tenant_rules import RuleSet, check_tenants, compile_policy
 from .tenants import Tenant, TenantSource, identify
 
 POLICY_HEADER = "x-route-policy"
@@ -98,6 +98,12 @@ class Engine:
             self.policies().parse(self.default_policy)
         if self.default_tenant and self.tenants and self.tenants.current().get(self.default_tenant) is None:
             raise ConfigError(f"default tenant {self.default_tenant!r} is not in {self.tenants.source}")
+        if self.tenants is not None and self.rules is not None:
+            # A tenant whose attributes do not fit a rule fails the start, not its first request.
+            problems = check_tenants(self.tenants.current(), self.rules, self.catalog.registry)
+            if problems:
+                raise ConfigError(f"{self.tenants.source}: {len(problems)} tenant(s) do not compile: "
+                                  + "; ".join(e.message for e in problems))
 
     @property
     def catalog(self) -> Catalog:
@@ -136,7 +142,10 @@ class Engine:
         if ident is not None and ident.tenant is not None:
             return ident.tenant, ident.method
         if self.default_tenant:
-            return table.get(self.default_tenant), "default"
+            default = table.get(self.default_tenant)
+            if default is None:  # dropped by a reload: refuse rather than pass the call through unrouted
+                raise UnknownTenant(self.default_tenant, "default tenant (no longer in the table)")
+            return default, "default"
         if ident is not None:
             raise UnknownTenant(ident.claimed_id, ident.method)
         return None, None
@@ -176,8 +185,9 @@ class Engine:
         if provider is None:
             raise ConfigError(f"catalog entry {entry.id} names unknown provider {entry.provider!r}")
         key = provider.key(self.env)
-        headers = {k: v for k, v in client_headers.items()
-                   if k not in STRIP_HEADERS and k not in HOP_BY_HOP}
+        # Compare by lower-case name: a credential spelt `Authorization` must not slip through.
+        headers = {k.lower(): v for k, v in client_headers.items()
+                   if k.lower() not in STRIP_HEADERS and k.lower() not in HOP_BY_HOP}
         headers.update(provider.auth_headers(key))
         payload = dict(body)
         payload["model"] = entry.model
