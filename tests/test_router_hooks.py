@@ -1,0 +1,273 @@
+"""Router hooks with mitmproxy's test helpers: options parsed at configure, flows in, flows out.
+
+Only paths that answer before any upstream call are driven here (dry-run
+endpoints, pass-through, policy/tenant errors); routed calls are end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow, tutils
+
+from routecar.mitm.router import Router
+from routecar.providers import DEFAULT_PROVIDERS
+
+POLICIES = DEFAULT_PROVIDERS.parent
+TENANTS = str(POLICIES / "tenants.yaml")
+EU = json.dumps({"rules": [["eq", "region", "eu"]]})
+CHAT = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(coro_fn(), timeout=30))
+
+
+def flow(host: str = "api.openai.com", path: str = "/v1/chat/completions", method: str = "POST",
+         headers: list[tuple[str, str]] | None = None, body: bytes = CHAT, port: int = 443,
+         scheme: str = "https", mode: str = "regular") -> http.HTTPFlow:
+    hdrs = http.Headers([(k.encode(), v.encode()) for k, v in
+                         (headers if headers is not None else [("Authorization", "Bearer sk-app-key")])])
+    req = tutils.treq(host=host, port=port, scheme=scheme.encode(), method=method.encode(),
+                      path=path.encode(), headers=hdrs, content=body)
+    f = tflow.tflow(req=req)
+    f.client_conn.proxy_mode = ProxyMode.parse(mode)
+    return f
+
+
+def configured(tctx: taddons.context, router: Router, **opts: Any) -> Router:
+    tctx.configure(router, routecar_traces="off", **opts)
+    assert router.engine is not None
+    return router
+
+
+def error_of(f: http.HTTPFlow) -> dict[str, Any]:
+    assert f.response is not None
+    assert f.response.headers["content-type"] == "application/json"
+    return json.loads(f.response.content)["error"]
+
+
+# -- configure ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option,content,message", [
+    ("routecar_catalog", "entries: [{id: x}]", "routecar:"),
+    ("routecar_catalog", "{not yaml", "routecar:"),
+    ("routecar_providers", "providers: {openai: {base_url: ftp://x, key_env: K}}", "base_url"),
+    ("routecar_tenants", "tenants: [{plan: free}]", "missing id"),
+    ("routecar_tenants", "tenants: [{id: t, quality_floor: high}]", "do not compile"),
+    ("routecar_rules", "rules: [{id: r, when: {}, add: {bogus: 1}}]", "routecar:"),
+])
+def test_bad_file_fails_at_configure(tmp_path: Path, option, content, message):
+    bad = tmp_path / ("bad.yaml")
+    bad.write_text(content)
+    router = Router()
+    with taddons.context(router) as tctx:
+        extra = {"routecar_tenants": TENANTS} if option == "routecar_rules" else {}
+        with pytest.raises(exceptions.OptionsError, match=message):
+            tctx.configure(router, **{option: str(bad)}, **extra)
+
+
+@pytest.mark.parametrize("opts,message", [
+    ({"routecar_catalog": "/nonexistent/catalog.yaml"}, "routecar:"),
+    ({"routecar_identify": "header,telepathy"}, "telepathy"),
+    ({"routecar_tenants": TENANTS, "routecar_default_tenant": "nobody"}, "default tenant 'nobody'"),
+    ({"routecar_default_policy": '{"rules": [["eq", "nope", 1]]}'}, "invalid policy"),
+])
+def test_bad_option_fails_at_configure(opts, message):
+    router = Router()
+    with taddons.context(router) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=message):
+            tctx.configure(router, **opts)
+
+
+def test_regular_mode_intercepts_only_provider_hosts():
+    router = Router()
+    with taddons.context(router) as tctx:
+        configured(tctx, router)
+        patterns = tctx.options.allow_hosts
+        assert r"^api\.openai\.com:\d+$" in patterns
+        assert r"^routecar\.local:\d+$" in patterns
+        assert r"^routecar\-eu\.openai\.azure\.com:\d+$" in patterns or \
+            r"^routecar-eu\.openai\.azure\.com:\d+$" in patterns
+        assert len(patterns) == len(router.engine.providers.intercept_hosts) + 1
+        assert not any("example" in p for p in patterns)
+
+
+def test_reverse_mode_leaves_allow_hosts_alone():
+    router = Router()
+    with taddons.context(router) as tctx:
+        tctx.options.update(mode=["reverse:http://127.0.0.1:9"])
+        configured(tctx, router)
+        assert tctx.options.allow_hosts == []
+
+
+# -- request hook ---------------------------------------------------------------------------
+
+def test_dry_run_answered_by_addon():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router)
+            f = flow(host="routecar.local", path="/x/fields", method="GET", port=80, scheme="http", body=b"")
+            await router.request(f)
+            assert f.response is not None and f.response.status_code == 200
+            assert f.response.headers["content-type"] == "application/json"
+            names = {x["name"] for x in json.loads(f.response.content)["fields"]}
+            assert {"provider", "region", "bench_intelligence"} <= names
+            f = flow(host="routecar.local", path="/x/nope", method="GET", port=80, scheme="http", body=b"")
+            await router.request(f)
+            assert f.response.status_code == 404
+    run(body)
+
+
+def test_dry_run_in_reverse_mode_at_own_address():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            tctx.options.update(mode=["reverse:http://127.0.0.1:9"])
+            configured(tctx, router, routecar_tenants=TENANTS)
+            f = flow(host="127.0.0.1", port=9, scheme="http", path="/x/rank",
+                     body=json.dumps({"tenant": "initech-eu"}).encode(), mode="reverse:http://127.0.0.1:9")
+            await router.request(f)
+            out = json.loads(f.response.content)
+            assert f.response.status_code == 200
+            assert out["selected"] == "mistral/mistral-small-3"
+            assert out["policy"]["clauses"][0]["from"] == "rule:data-residency"
+    run(body)
+
+
+@pytest.mark.parametrize("kw", [
+    {"host": "example.com", "path": "/v1/chat/completions"},      # not a provider host
+    {"path": "/v1/models", "method": "GET", "body": b""},         # provider host, not a chat call
+    {},                                                           # chat call, but no policy/tenant
+])
+def test_untouched_requests(kw):
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router)
+            f = flow(**kw)
+            url, content = f.request.url, f.request.content
+            await router.request(f)
+            assert f.response is None
+            assert f.request.url == url and f.request.content == content
+            assert f.request.headers["Authorization"] == "Bearer sk-app-key"
+            assert "routecar" not in f.metadata
+    run(body)
+
+
+def test_invalid_policy_is_400_and_credentials_redacted():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router)
+            f = flow(headers=[("Authorization", "Bearer sk-app-key"), ("X-Route-Policy", '{"rules": [["eq","regoin","eu"]]}')])
+            await router.request(f)
+            assert f.response.status_code == 400
+            err = error_of(f)
+            assert err["code"] == "invalid_policy"
+            assert [e["path"] for e in err["errors"]] == ["rules[0][1]"]
+            assert f.response.headers["x-route-trace-id"].startswith("rt_")
+            assert f.request.headers["Authorization"] == "[redacted]"
+            assert f.request.headers["X-Route-Policy"] == "[redacted]"
+            assert b"sk-app-key" not in f.request.raw_content + bytes(str(f.request.headers), "utf-8")
+    run(body)
+
+
+def test_malformed_body_is_400():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router)
+            f = flow(headers=[("X-Route-Policy", EU)], body=b"{nope")
+            await router.request(f)
+            assert f.response.status_code == 400 and error_of(f)["code"] == "invalid_request"
+    run(body)
+
+
+@pytest.mark.parametrize("headers,proxyauth,method", [
+    ([("X-Tenant-Id", "nobody"), ("Authorization", "Bearer sk-app-key")], None, "header"),
+    ([("Authorization", "Bearer sk-app-key")], ("nobody", "secret"), "proxy_auth"),
+])
+def test_unknown_tenant_is_403(headers, proxyauth, method):
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=TENANTS)
+            f = flow(headers=headers)
+            if proxyauth:
+                f.metadata["proxyauth"] = proxyauth
+            await router.request(f)
+            assert f.response.status_code == 403
+            err = error_of(f)
+            assert err["code"] == "unknown_tenant"
+            assert f"identified by {method}" in err["message"]
+            assert f.response.headers["x-route-trace-id"].startswith("rt_")
+            assert f.request.headers["Authorization"] == "[redacted]"
+    run(body)
+
+
+def test_unknown_tenant_uses_default_tenant_instead():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=TENANTS, routecar_default_tenant="initech-eu")
+            # the header narrows the default tenant to nothing: answered before any upstream call
+            f = flow(headers=[("X-Tenant-Id", "nobody"),
+                              ("X-Route-Policy", json.dumps({"rules": [["eq", "provider", "openai"]]}))])
+            await router.request(f)
+            assert f.response.status_code == 400 and error_of(f)["code"] == "no_candidate"
+            assert f.metadata["routecar"].resolved.tenant == "initech-eu"
+    run(body)
+
+
+def test_tenant_header_cannot_loosen_via_proxy_user():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=TENANTS)
+            f = flow(headers=[("X-Route-Policy", json.dumps({"rules": [["eq", "provider", "groq"]]}))])
+            f.metadata["proxyauth"] = ("umbrella-health", "x")
+            await router.request(f)
+            assert f.response.status_code == 400
+            err = error_of(f)
+            assert err["code"] == "no_candidate"
+            state = f.metadata["routecar"]
+            assert (state.resolved.tenant, state.resolved.method) == ("umbrella-health", "proxy_auth")
+            # umbrella-health is no_log: the payload is not kept in the flow either
+            assert b"hi" not in f.request.content
+    run(body)
+
+
+def test_tenant_ignored_when_tenants_not_configured_but_header_given():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router)
+            f = flow(headers=[("X-Tenant-Id", "initech-eu")])
+            await router.request(f)
+            assert f.response.status_code == 403 and error_of(f)["code"] == "unknown_tenant"
+    run(body)
+
+
+def test_dead_or_answered_flows_are_skipped():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router)
+            f = flow(headers=[("X-Route-Policy", "{bad")])
+            f.live = False
+            await router.request(f)
+            assert f.response is None
+            f = flow(headers=[("X-Route-Policy", "{bad")])
+            f.response = tutils.tresp()
+            await router.request(f)
+            assert f.response.status_code == 200
+    run(body)
