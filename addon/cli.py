@@ -346,4 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m routecar.cli` runs this file as __main__: hand over to the real module, or
+    # `routecar.cli_traces` would raise a CliError class this copy does not catch.
+    from routecar.cli import main as _main
+    sys.exit(_main())
