@@ -174,7 +174,7 @@ class Engine:
     # -- decide -------------------------------------------------------------------------
     def decide(self, policy: Policy, body: Mapping[str, Any], tenant: str | None = None) -> Decision:
         decision = evaluate(policy, self.catalog, RequestProfile.from_body(body), self.health)
-        if not decision.ranked:
+        if not decision.order:
             raise NoCandidate(decision.dropped(), fingerprint=policy.fingerprint, tenant=tenant)
         return decision
 

@@ -107,6 +107,8 @@ class HealthTracker:
         self._version = 0
         # Earliest cooldown end, so reads skip the scan until something can expire.
         self._next_expiry = math.inf
+        self._cooled: frozenset[str] = frozenset()
+        self._cooled_version = 0
 
     def record(self, entry_id: str, ok: bool, latency_ms: float | None = None) -> None:
         """Record one attempt. Latency counts only for successes (a timeout says nothing useful)."""
@@ -174,6 +176,16 @@ class HealthTracker:
                 "cooled_until": entry.cooled_until if entry.state is BreakerState.OPEN else None,
                 "latency_ms": entry.latency_ms(),
             } for entry_id, entry in sorted(self._entries.items())}
+
+    def cooled_ids(self) -> frozenset[str]:
+        """Entries cooling down right now; recomputed only when a flag flipped (hot path)."""
+        now = self.clock()
+        with self._lock:
+            self._expire(now)
+            if self._cooled_version != self._version:
+                self._cooled = frozenset(i for i, e in self._entries.items() if e.state is BreakerState.OPEN)
+                self._cooled_version = self._version
+            return self._cooled
 
     @property
     def version(self) -> int:

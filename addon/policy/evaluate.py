@@ -147,34 +147,85 @@ def _row(entry: CatalogEntry, base: Row, req: RequestProfile, health: LiveHealth
     return row
 
 
-def _static_survivors(policy: Policy, catalog: Catalog) -> tuple[int, ...]:
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """Per (policy, catalog version): the entries passing every request-independent
+    clause, pre-unpacked into what the per-request loop needs."""
+
+    rows: tuple[tuple[Any, ...], ...]   # (index, entry, price_in, price_out, context, max_output,
+                                         #  tools, vision, static sort-key parts, prefix, suffix)
+    composed: bool                       # one composed sort key is enough (no descending strings)
+    cost_at: int | None                  # fast path: est_cost is the only per-request sort key, here
+    cost_sign: int = 1
+
+
+_DYN = object()  # placeholder for a sort-key part known only per request
+
+
+def _key_part(direction: str, v: Any) -> tuple[bool, Any]:
+    """One component of a composed ascending sort key; missing values last either way."""
+    if v is None:
+        return (True, 0)
+    if direction == "desc":
+        return (False, -v)   # numbers and booleans only (checked by the caller)
+    return (False, v)
+
+
+def _static(policy: Policy, catalog: Catalog) -> _Static:
     hit = policy.memo.get(catalog.version)
-    if hit is None:
-        static = policy.static_clauses
-        hit = tuple(i for i, row in enumerate(catalog.rows) if all(c.test(row) for c in static))
-        if len(policy.memo) > 4:  # catalogs are reloaded rarely; keep the newest few
-            policy.memo.clear()
-        policy.memo[catalog.version] = hit
+    if hit is not None:
+        return hit
+    static = policy.static_clauses
+    reg = catalog.registry
+    composed = all(d == "asc" or f in DYNAMIC_FIELDS or (reg.get(f) is not None and reg.get(f).type != "string")
+                   for d, f in policy.rank)
+    dyn = [n for n, (_, f) in enumerate(policy.rank) if f in DYNAMIC_FIELDS]
+    cost_at = dyn[0] if composed and len(dyn) == 1 and policy.rank[dyn[0]][1] == "est_cost" else None
+    rows = []
+    for i, (entry, row) in enumerate(zip(catalog.entries, catalog.rows)):
+        if all(c.test(row) for c in static):
+            parts = tuple(_DYN if f in DYNAMIC_FIELDS else _key_part(d, row.get(f)) if composed else row.get(f)
+                          for d, f in policy.rank)
+            caps = entry.capabilities
+            k = cost_at if cost_at is not None else 0
+            rows.append((i, entry, entry.price_in, entry.price_out, entry.context_window, entry.max_output,
+                         "tools" in caps, "vision" in caps, parts, parts[:k], parts[k + 1:]))
+    hit = _Static(tuple(rows), composed, cost_at, -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1)
+    if len(policy.memo) > 4:  # catalogs are reloaded rarely; keep the newest few
+        policy.memo.clear()
+    policy.memo[catalog.version] = hit
     return hit
-
-
-def _sort(items: list[Ranked], rank: Sequence[tuple[str, str]]) -> None:
-    # Stable sorts from the last key to the first give a total, deterministic order;
-    # missing values sort last in either direction.
-    for direction, f in reversed(rank):
-        if direction == "asc":
-            items.sort(key=lambda r: (r.keys[f] is None, r.keys[f]))
-        else:
-            items.sort(key=lambda r: (r.keys[f] is not None, r.keys[f]), reverse=True)
 
 
 @dataclass(frozen=True)
 class Decision:
+    """The evaluation result. `order` holds the ranked survivors (catalog indices) and
+    their est. costs; `Ranked` objects with sort keys are built only when asked for."""
+
     policy: Policy
     catalog: Catalog
     request: RequestProfile
-    ranked: tuple[Ranked, ...]
+    order: tuple[int, ...]
+    costs: tuple[float, ...]
     health: LiveHealth | None = field(default=None, repr=False)
+
+    @cached_property
+    def entries(self) -> tuple[CatalogEntry, ...]:
+        """The ranked survivors, best first: what fallback walks."""
+        entries = self.catalog.entries
+        return tuple(entries[i] for i in self.order)
+
+    def _ranked(self, n: int) -> Ranked:
+        entry, cost = self.catalog.entries[self.order[n]], self.costs[n]
+        row = self.catalog.rows[self.order[n]]
+        live = self.health.live_fields(entry.id) if self.health is not None else {}
+        keys = {f: cost if f == "est_cost" else live.get(f) if f in live else row.get(f)
+                for _, f in self.policy.rank}
+        return Ranked(entry, cost, keys)
+
+    @cached_property
+    def ranked(self) -> tuple[Ranked, ...]:
+        return tuple(self._ranked(n) for n in range(len(self.order)))
 
     @property
     def plan(self) -> tuple[Ranked, ...]:
@@ -182,7 +233,7 @@ class Decision:
 
     @property
     def selected(self) -> Ranked | None:
-        return self.ranked[0] if self.ranked else None
+        return self._ranked(0) if self.order else None
 
     @property
     def fallback(self) -> tuple[Ranked, ...]:
@@ -225,33 +276,61 @@ class Decision:
         }
 
 
+def _cooled(health: LiveHealth | None, ids: Any) -> frozenset[str]:
+    if health is None:
+        return frozenset()
+    fast = getattr(health, "cooled_ids", None)
+    if fast is not None:
+        return fast()
+    return frozenset(i for i in ids if not health.live_fields(i).get("healthy", True))
+
+
 def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = None,
              health: LiveHealth | None = None) -> Decision:
     """Filter every entry, rank the survivors, select the first; fallback is the rest of the plan."""
     req = request or RequestProfile()
+    st = _static(policy, catalog)
     dynamic = policy.dynamic_clauses
-    rank_fields = [f for _, f in policy.rank]
-    # Building a full row per survivor is the costly part; skip it when nothing needs it.
-    needs_row = bool(dynamic) or health is not None or any(f in DYNAMIC_FIELDS for f in rank_fields
-                                                            if f != "est_cost")
-    ranked: list[Ranked] = []
-    cooled: set[str] = set()
-    entries, rows = catalog.entries, catalog.rows
-    for i in _static_survivors(policy, catalog):
-        entry = entries[i]
-        if fit_failure(entry, req) is not None:
-            continue
-        if needs_row:
-            row: Row = _row(entry, rows[i], req, health)
-            if dynamic and not all(c.test(row) for c in dynamic):
+    rank = policy.rank
+    # Full rows (entry fields + est_cost + live health) only when a clause or a sort key needs them.
+    needs_row = bool(dynamic) or any(f in ("healthy", "latency_ms") for _, f in rank)
+    pt, ot, mt = req.prompt_tokens, req.out_tokens, req.max_tokens
+    need = pt + (mt or 0)
+    tools, vision = req.tools, req.vision
+    items: list[tuple[Any, ...]] = []
+    if st.cost_at is not None and not dynamic:
+        # Hot path: the sort key is (static prefix, ±cost, static suffix), precomputed but for the cost.
+        sign = st.cost_sign
+        for i, entry, pin, pout, cw, mo, has_tools, has_vision, _, prefix, suffix in st.rows:
+            if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
                 continue
-            if not row["healthy"]:
-                cooled.add(entry.id)
-            cost = row["est_cost"]
-        else:
-            row, cost = rows[i], est_cost(entry, req)
-        ranked.append(Ranked(entry, cost, {f: cost if f == "est_cost" else row.get(f) for f in rank_fields}))
-    _sort(ranked, policy.rank)
+            cost = (pt * pin + ot * pout) / 1_000_000
+            items.append(((prefix, sign * cost, suffix), i, cost))
+    else:
+        for i, entry, pin, pout, cw, mo, has_tools, has_vision, parts, _, _ in st.rows:
+            if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
+                continue
+            cost = (pt * pin + ot * pout) / 1_000_000
+            if needs_row:
+                row = _row(entry, catalog.rows[i], req, health)
+                if dynamic and not all(c.test(row) for c in dynamic):
+                    continue
+                key = tuple(p if p is not _DYN else _key_part(d, row.get(f)) if st.composed else row.get(f)
+                            for p, (d, f) in zip(parts, rank))
+            else:  # the only dynamic sort key left is est_cost
+                key = tuple(p if p is not _DYN else _key_part(d, cost) if st.composed else cost
+                            for p, (d, _) in zip(parts, rank))
+            items.append((key, i, cost))
+    if st.composed:
+        items.sort()  # (key, catalog index, cost): the index is unique, so cost is never compared
+    else:  # descending strings: stable multi-pass sort, last key first
+        for n in range(len(rank) - 1, -1, -1):
+            d = rank[n][0]
+            if d == "asc":
+                items.sort(key=lambda t: (t[0][n] is None, t[0][n]))
+            else:
+                items.sort(key=lambda t: (t[0][n] is not None, t[0][n]), reverse=True)
+    cooled = _cooled(health, [catalog.entries[i].id for _, i, _ in items]) if health is not None else frozenset()
     if cooled:  # a cooled-down entry is tried only after every healthy one
-        ranked.sort(key=lambda r: r.entry.id in cooled)
-    return Decision(policy, catalog, req, tuple(ranked), health)
+        items.sort(key=lambda t: catalog.entries[t[1]].id in cooled)
+    return Decision(policy, catalog, req, tuple(i for _, i, _ in items), tuple(c for _, _, c in items), health)
