@@ -82,11 +82,12 @@ def response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
 class _Phase:
     """Per-attempt timer handed to the trace hooks through `trace_request_ctx`."""
 
-    __slots__ = ("timer", "first_byte_at", "connected")
+    __slots__ = ("timer", "first_byte_s", "cap", "connected")
 
-    def __init__(self, first_byte_at: float) -> None:
+    def __init__(self, first_byte_s: float, cap: float) -> None:
         self.timer: asyncio.Timeout | None = None
-        self.first_byte_at = first_byte_at   # loop time, set once the connection is ready
+        self.first_byte_s = first_byte_s
+        self.cap = cap                       # loop time of the request's overall deadline
         self.connected = False
 
 
@@ -95,7 +96,7 @@ async def _connection_ready(session: aiohttp.ClientSession, ctx: Any, params: An
     if isinstance(phase, _Phase) and not phase.connected:
         phase.connected = True
         if phase.timer is not None:
-            phase.timer.reschedule(asyncio.get_running_loop().time() + phase.first_byte_at)
+            phase.timer.reschedule(min(asyncio.get_running_loop().time() + phase.first_byte_s, phase.cap))
 
 
 def new_session(timeouts: Timeouts) -> aiohttp.ClientSession:
@@ -198,7 +199,7 @@ async def _send(session: aiohttp.ClientSession, out: Outbound, timeouts: Timeout
 
     # Until the trace hook says the connection is ready, allow connect + first byte
     # (a session without the hook still gets a bounded attempt).
-    phase = _Phase(timeouts.first_byte_s)
+    phase = _Phase(timeouts.first_byte_s, cap)
     try:
         async with asyncio.timeout_at(min(t0 + timeouts.connect_s + timeouts.first_byte_s, cap)) as timer:
             phase.timer = timer

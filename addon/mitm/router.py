@@ -39,7 +39,7 @@ from routecar.tenant_rules import load_rules
 from routecar.tenants import TenantSource, validate_order
 from routecar.traces import TraceRecord, default_traces_path
 from routecar.tracewriter import TraceWriter
-from routecar.upstream import Relay, Result, StreamStats, Timeouts, try_plan
+from routecar.upstream import Relay, Result, StreamStats, Timeouts, new_session, try_plan
 
 log = logging.getLogger("routecar")
 
@@ -169,11 +169,7 @@ class Router:
         o = ctx.options
         self.relay = Relay(self.timeouts)
         await self.relay.start()
-        # trust_env=False: the sidecar's own HTTPS_PROXY (if any) must not loop back into itself.
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
-            trust_env=False)
+        self.session = new_session(self.timeouts)
         if o.routecar_traces != "off":
             from routecar.traces import parse_since
             path = o.routecar_traces or str(default_traces_path(os.environ))
