@@ -67,6 +67,13 @@ class Routed:
         # Until a policy says otherwise, keep nothing: an invalid policy may have meant no_log.
         return self.resolved is None or self.resolved.policy.no_log
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        # mitmproxy deep-copies flow.metadata to save a flow (--save, mitmweb backups) and then
+        # serialises it as tnetstring: a copy keeps only the trace id and fingerprint, never the
+        # request body or the app's headers (its credentials), and stays serialisable.
+        return {"trace_id": self.trace_id,
+                "fingerprint": self.resolved.policy.fingerprint if self.resolved else None}
+
 
 def make_response(status: int, body: bytes, headers: list[tuple[str, str]]) -> http.Response:
     return http.Response.make(status, body, http.Headers([(k.encode(), v.encode()) for k, v in headers]))
