@@ -91,7 +91,7 @@ class Engine:
     default_tenant: str | None = None
     max_body: int = MAX_BODY
     _cache: PolicyCache | None = field(default=None, repr=False)
-    _tenant_policies: LRUCache[tuple[Any, ...], Policy] = field(default_factory=lambda: LRUCache(4096), repr=False)
+    _tenant_policies: LRUCache[Tenant, Policy] = field(default_factory=lambda: LRUCache(4096), repr=False)
 
     def __post_init__(self) -> None:
         if self.default_policy:  # a bad default fails at start, not on a request
@@ -122,10 +122,12 @@ class Engine:
         if self.rules is None:
             raise ConfigError("tenants are configured but no rules file")
         cache = self.policies()
-        key = (self.tenants.current().version if self.tenants else None, tenant.id)
-        hit = self._tenant_policies.get(key)
+        # Keyed by the Tenant value (id, attributes, keys), not by the table version: the
+        # table may reload between identifying this tenant and here, and a version key
+        # would then pin the old tenant's policy under the new version.
+        hit = self._tenant_policies.get(tenant)
         if hit is None:
-            hit = self._tenant_policies[key] = cache._dedupe(compile_policy(tenant, self.rules, cache.registry))
+            hit = self._tenant_policies[tenant] = cache._dedupe(compile_policy(tenant, self.rules, cache.registry))
         return hit
 
     def find_tenant(self, headers: Mapping[str, str], body: Mapping[str, Any],

@@ -401,3 +401,27 @@ def test_outbound_strips_mixed_case_names_too(engine):
     out = engine.outbound(entry, BODY, {"Authorization": "Bearer sk-app", "X-Tenant-Id": "t",
                                         "X-Route-Policy": EU, "Api-Key": "k", "X-Custom": "kept"})
     assert out.headers == {"authorization": "Bearer op-key-mistral", "x-custom": "kept"}
+
+
+def test_reload_between_identify_and_compile_does_not_pin_a_stale_policy(make_engine):
+    """The table may reload between identifying a tenant and compiling its policy; the
+    policy compiled from the old tenant must not be cached for the new table."""
+    from routecar.tenants import Tenant, TenantTable
+
+    v1 = TenantTable([Tenant("t", {"region": "eu"})])
+    v2 = TenantTable([Tenant("t", {"region": "us"})])
+
+    class Flipping:  # returns v1 once, then v2: a reload right after identification
+        source, last_error = "<flipping>", None
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def current(self) -> TenantTable:
+            self.calls += 1
+            return v1 if self.calls <= 1 else v2
+
+    engine = make_engine(tenants=None)
+    engine.tenants, engine.rules = Flipping(), load_rules(RULES)
+    assert selected(engine, {"x-tenant-id": "t"}) == "mistral/mistral-small-3"   # v1's tenant
+    assert selected(engine, {"x-tenant-id": "t"}) == "openai/gpt-5.5-nano"       # v2's tenant
