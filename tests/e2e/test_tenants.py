@@ -125,6 +125,12 @@ def test_proxy_auth_user_is_the_tenant(sidecar, fake):
         client("nobody").chat.completions.create(model="x", messages=MSG)
     assert ei.value.body["code"] == "unknown_tenant"
     assert "proxy_auth" in ei.value.body["message"]
+    # each decision is traced under its tenant (the writer flushes on SIGTERM)
+    assert side.stop() == 0
+    rows = side.trace_rows("select tenant, chosen_entry, outcome from decisions order by ts")
+    assert rows == [("stark-vip", "anthropic/claude-sonnet-4-6", "ok"),
+                    ("initech-eu", "mistral/mistral-small-3", "ok"),
+                    (None, None, "unknown_tenant")]
 
 
 def test_hot_reload_and_broken_table(sidecar, fake, tmp_path: Path):
