@@ -157,6 +157,7 @@ class _Static:
     composed: bool                       # one composed sort key is enough (no descending strings)
     cost_at: int | None                  # fast path: est_cost is the only per-request sort key, here
     cost_sign: int = 1
+    failures: Mapping[int, Failure] = field(default_factory=dict)  # first failing static clause
 
 
 _DYN = object()  # placeholder for a sort-key part known only per request
@@ -182,15 +183,20 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
     dyn = [n for n, (_, f) in enumerate(policy.rank) if f in DYNAMIC_FIELDS]
     cost_at = dyn[0] if composed and len(dyn) == 1 and policy.rank[dyn[0]][1] == "est_cost" else None
     rows = []
+    failures: dict[int, Failure] = {}
     for i, (entry, row) in enumerate(zip(catalog.entries, catalog.rows)):
-        if all(c.test(row) for c in static):
+        failed = next((c for c in static if not c.test(row)), None)
+        if failed is not None:
+            failures[i] = Failure(failed.index, failed.label, failed.rule, ",".join(failed.fields), failed.actual(row))
+        else:
             parts = tuple(_DYN if f in DYNAMIC_FIELDS else _key_part(d, row.get(f)) if composed else row.get(f)
                           for d, f in policy.rank)
             caps = entry.capabilities
             k = cost_at if cost_at is not None else 0
             rows.append((i, entry, entry.price_in, entry.price_out, entry.context_window, entry.max_output,
                          "tools" in caps, "vision" in caps, parts, parts[:k], parts[k + 1:]))
-    hit = _Static(tuple(rows), composed, cost_at, -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1)
+    hit = _Static(tuple(rows), composed, cost_at,
+                  -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures)
     if len(policy.memo) > 4:  # catalogs are reloaded rarely; keep the newest few
         policy.memo.clear()
     policy.memo[catalog.version] = hit
@@ -242,9 +248,18 @@ class Decision:
     @cached_property
     def verdicts(self) -> tuple[tuple[CatalogEntry, Failure | None], ...]:
         """Every catalog entry with its first failing clause (policy order), or None if it passed."""
+        passed = set(self.order)
+        static = _static(self.policy, self.catalog).failures
+        # A cached static failure is the first failure unless a per-request clause comes before it.
+        first_dynamic = min((c.index for c in self.policy.dynamic_clauses), default=1 << 30)
         out = []
-        for entry, base in zip(self.catalog.entries, self.catalog.rows):
-            out.append((entry, self._first_failure(entry, base)))
+        for i, (entry, base) in enumerate(zip(self.catalog.entries, self.catalog.rows)):
+            if i in passed:
+                out.append((entry, None))
+            elif (f := static.get(i)) is not None and f.index is not None and f.index < first_dynamic:
+                out.append((entry, f))
+            else:
+                out.append((entry, self._first_failure(entry, base)))
         return tuple(out)
 
     def _first_failure(self, entry: CatalogEntry, base: Row) -> Failure | None:
