@@ -157,3 +157,21 @@ def test_hot_reload_and_broken_table(sidecar, fake, tmp_path: Path):
     # the last good table stays in service
     assert _route(client, **{"X-Tenant-Id": "initech-eu"}) == ("openai", "gpt-5.5-nano")
     assert _route(client, **{"X-Tenant-Id": "stark-vip"}) == ("anthropic", "claude-sonnet-4-6")
+
+
+def test_stock_mitmdump_identifies_tenants(sidecar, fake):
+    """The same addon loaded by stock `mitmdump -s`: tenant options via --set, proxyauth built in."""
+    side = sidecar("--set", f"routecar_tenants={TENANTS}", "--proxyauth", "any", stock=True)
+    port = side.url.rsplit(":", 1)[1]
+    http_client = openai.DefaultHttpxClient(proxy=f"http://wayne-mixed:pw@127.0.0.1:{port}",
+                                            verify=ssl.create_default_context(cafile=str(side.ca)))
+    client = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="demo-key-acme",
+                           max_retries=0, http_client=http_client)
+    # identification order header,api_key,proxy_auth: the header wins, then the API key
+    assert _route(client, **{"X-Tenant-Id": "initech-eu"}) == ("mistral", "mistral-small-3")
+    assert _route(client) == ("groq", "openai/gpt-oss-120b")
+    http_client2 = openai.DefaultHttpxClient(proxy=f"http://wayne-mixed:pw@127.0.0.1:{port}",
+                                             verify=ssl.create_default_context(cafile=str(side.ca)))
+    other = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="sk-not-a-tenant-key",
+                          max_retries=0, http_client=http_client2)
+    assert _route(other) == ("mistral", "mistral-medium-3")
