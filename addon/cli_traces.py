@@ -238,7 +238,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for d in result["differences"]:
             c.print(f"  {d['what']}: stored {json.dumps(d['stored'])}, replay {json.dumps(d['replay'])}",
                     markup=False)
-    c.print(f"  ({HEALTH_NOTE})")
+    c.print(f"  note: {HEALTH_NOTE}")
     return code
 
 
