@@ -83,6 +83,16 @@ def new_trace_id() -> str:
     return f"rt_{int(time.time() * 1000):x}{secrets.token_hex(4)}"
 
 
+def _seconds(option: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{option} must be a number of seconds, got {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{option} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
 def _is_reverse(flow: http.HTTPFlow) -> bool:
     return isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
 
@@ -120,10 +130,13 @@ class Router:
                           "Prune traces older than this (e.g. 7d, 12h). Empty: keep.")
         loader.add_option("routecar_traces_max_rows", int, 0,
                           "Keep at most this many traces (0: no limit).")
-        loader.add_option("routecar_connect_timeout", float, 5.0, "Seconds to connect to a provider.")
-        loader.add_option("routecar_first_byte_timeout", float, 60.0,
-                          "Seconds from sending a request to a provider's response headers.")
-        loader.add_option("routecar_deadline", float, 120.0,
+        # Seconds as strings: mitmproxy's --set cannot parse float options.
+        loader.add_option("routecar_connect_timeout", str, "5", "Seconds to connect to a provider.")
+        loader.add_option("routecar_first_byte_timeout", str, "60",
+                          "Seconds from a ready connection to a provider's response headers "
+                          "(for a stream: its first event). Keep it generous: a non-streaming "
+                          "answer's headers come only once the whole answer is generated.")
+        loader.add_option("routecar_deadline", str, "120",
                           "Seconds for all attempts of one request together.")
         loader.add_option("routecar_max_body", int, 8 * 1024 * 1024, "Largest request body routed (bytes).")
         loader.add_option("routecar_intercept_only_providers", bool, True,
@@ -154,8 +167,10 @@ class Router:
                 default_policy=default_policy or None, default_tenant=o.routecar_default_tenant or None,
                 max_body=o.routecar_max_body,
             )
-            self.timeouts = Timeouts(o.routecar_connect_timeout, o.routecar_first_byte_timeout,
-                                     max(o.routecar_first_byte_timeout, 120.0), o.routecar_deadline)
+            first_byte = _seconds("routecar_first_byte_timeout", o.routecar_first_byte_timeout)
+            self.timeouts = Timeouts(_seconds("routecar_connect_timeout", o.routecar_connect_timeout),
+                                     first_byte, max(first_byte, 120.0),
+                                     _seconds("routecar_deadline", o.routecar_deadline))
         except (RoutecarError, OSError) as e:
             raise exceptions.OptionsError(f"routecar: {getattr(e, 'message', None) or e}") from e
         self._set_allow_hosts()
