@@ -53,12 +53,13 @@ def record(trace_id: str, policy_ir: Any, *, ts: float, tenant: str | None = Non
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "traces.db"
+    now = time.time()  # not import time: --since is relative to when the test runs
     with TraceStore(path) as store:
         store.write([
-            record("rt_eu", EU_POLICY, ts=NOW - 60, tenant="acme", catalog=True),
-            record("rt_floor_failed", FLOOR_POLICY, ts=NOW - 7200, tenant="globex", ok=False),
-            record("rt_nolog", FLOOR_POLICY, ts=NOW - 30, tenant="umbrella", no_log=True),
-            TraceRecord(trace_id="rt_invalid", ts=NOW - 10, outcome="invalid_policy", status=400,
+            record("rt_eu", EU_POLICY, ts=now - 60, tenant="acme", catalog=True),
+            record("rt_floor_failed", FLOOR_POLICY, ts=now - 7200, tenant="globex", ok=False),
+            record("rt_nolog", FLOOR_POLICY, ts=now - 30, tenant="umbrella", no_log=True),
+            TraceRecord(trace_id="rt_invalid", ts=now - 10, outcome="invalid_policy", status=400,
                         error={"error": {"code": "invalid_policy", "message": "rules[0]: bad"}}),
         ])
     return path
