@@ -30,8 +30,20 @@ _SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "api-key", "x-
                           "api_key", "apikey"})
 
 
+# One cheap search decides whether the three substitutions are needed at all:
+# almost every string written (entry ids, clause ids, reasons) holds no credential.
+_HINTS = ("sk-", "bearer", "authorization", "api-key", "api_key", "apikey")
+
+
+def _maybe_secret(text: str) -> bool:
+    low = text.lower()
+    return any(h in low for h in _HINTS)
+
+
 def scrub(text: str) -> str:
     """Replace anything that looks like a credential in `text` with `[redacted]`."""
+    if not _maybe_secret(text):
+        return text
     text = _SECRET_HEADER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + " " + REDACTED, text)
     return _KEY.sub(REDACTED, text)
@@ -54,6 +66,9 @@ def scrub_obj(value: Any) -> Any:
 def dumps_json(value: Any) -> str | None:
     if value is None:
         return None
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    if not _maybe_secret(text):  # the common case: one search over the whole document
+        return text
     return json.dumps(scrub_obj(value), sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False, default=str)
 
@@ -106,9 +121,14 @@ def record_rows(rec: TraceRecord) -> dict[str, list[dict[str, Any]]]:
     """Split one record into the rows of each table, enforcing no_log and scrubbing."""
     request, response = _text(rec.request_body), _text(rec.response_body)
     decision, error = rec.decision, rec.error
+    if decision is not None and hasattr(decision, "to_dict"):
+        # The addon hands over the Decision itself: its verdicts are materialised here,
+        # in the writer thread, not on the proxy's event loop.
+        decision = decision.to_dict()
     if rec.no_log:
         hidden = _payload_strings(request) | _payload_strings(response)
-        decision, error = _without(decision, hidden), _without(error, hidden)
+        if hidden:
+            decision, error = _without(decision, hidden), _without(error, hidden)
         request = response = None
     d: Mapping[str, Any] = decision or {}
     policy, req = d.get("policy") or {}, d.get("request") or {}
@@ -162,10 +182,12 @@ def record_rows(rec: TraceRecord) -> dict[str, list[dict[str, Any]]]:
                 "payloads": payloads}
     json_cols = {"policy", "decision", "error", "failed_rule", "failed_value"}
     for rows in scrubbed.values():
-        for r in rows:  # JSON columns were scrubbed structurally by _dumps
-            for k, v in r.items():
-                if isinstance(v, str) and k not in json_cols:
-                    r[k] = scrub(v)
+        for r in rows:  # JSON columns were scrubbed structurally by dumps_json
+            texts = [v for k, v in r.items() if isinstance(v, str) and k not in json_cols]
+            if texts and _maybe_secret("\n".join(texts)):  # one search per row, not per column
+                for k, v in r.items():
+                    if isinstance(v, str) and k not in json_cols:
+                        r[k] = scrub(v)
     return scrubbed
 
 

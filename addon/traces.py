@@ -51,7 +51,7 @@ class TraceRecord:
     ttfb_ms: float | None = None
     usage: Mapping[str, Any] | None = None
     actual_cost: float | None = None
-    decision: Mapping[str, Any] | None = None
+    decision: Any = None  # Decision (to_dict() is called by the writer) or its dict form
     attempts: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     request_body: bytes | str | None = None
     response_body: bytes | str | None = None
@@ -126,6 +126,14 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
 _CHILDREN = ("candidates", "attempts", "payloads")
 
 
+def _catalog_version(decision: Any) -> str | None:
+    if decision is None:
+        return None
+    if hasattr(decision, "catalog"):
+        return decision.catalog.version
+    return decision.get("catalog_version")
+
+
 class TraceStore:
     """The trace database at `path` (created if missing, WAL mode, migrated on open).
 
@@ -185,8 +193,7 @@ class TraceStore:
                 tables[table].extend(rows)
         catalogs = {}
         for rec in records:
-            version = ((rec.decision or {}).get("catalog_version") if rec.catalog is not None
-                       else None)
+            version = _catalog_version(rec.decision) if rec.catalog is not None else None
             if version and version not in catalogs:
                 catalogs[version] = (version, dumps_json(list(rec.catalog or ())), rec.ts)
         ids = [(r["trace_id"],) for r in tables["decisions"]]
@@ -194,8 +201,11 @@ class TraceStore:
             for table in _CHILDREN:
                 self.db.conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", ids)
             for table, rows in tables.items():
-                if rows:
-                    self.db[table].insert_all(rows, replace=True, batch_size=500)
+                if rows:  # plain executemany: sqlite-utils' insert_all costs ~3x the CPU here
+                    cols = list(rows[0])
+                    sql = (f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
+                           f"VALUES ({', '.join('?' * len(cols))})")
+                    self.db.conn.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
             self.db.conn.executemany("INSERT OR IGNORE INTO catalogs VALUES (?, ?, ?)",
                                      list(catalogs.values()))
         return len(ids)

@@ -354,10 +354,10 @@ class Router:
         usage = _usage(bytes(stats.tail) if stats is not None else res.body)
         catalog = self._catalog_snapshot(d)
         queued = self.writer.submit(TraceRecord(
-            trace_id=state.trace_id, ts=time.time(), tenant=r.tenant if r else None, mode=state.mode,
+            trace_id=state.trace_id, ts=time.time(), tenant=r.tenant if r else getattr(res.error, "tenant", None), mode=state.mode,
             no_log=state.no_log, stream=bool(d and d.request.stream), status=res.status, outcome=outcome,
             latency_ms=round((time.monotonic() - state.t0) * 1000, 2), ttfb_ms=res.ttfb_ms, usage=usage,
-            decision=d.to_dict() if d is not None else None, attempts=res.attempts,
+            decision=d, attempts=res.attempts,  # to_dict() runs in the writer thread
             request_body=state.request_body, response_body=response_body,
             error=res.error.to_openai() if res.error is not None else None,
             fingerprint=r.policy.fingerprint if r else None, digest=r.policy.digest if r else None,

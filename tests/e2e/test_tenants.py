@@ -130,7 +130,7 @@ def test_proxy_auth_user_is_the_tenant(sidecar, fake):
     rows = side.trace_rows("select tenant, chosen_entry, outcome from decisions order by ts")
     assert rows == [("stark-vip", "anthropic/claude-sonnet-4-6", "ok"),
                     ("initech-eu", "mistral/mistral-small-3", "ok"),
-                    (None, None, "unknown_tenant")]
+                    ("nobody", None, "unknown_tenant")]  # the claimed id, for debugging
 
 
 def test_hot_reload_and_broken_table(sidecar, fake, tmp_path: Path):
