@@ -232,7 +232,9 @@ class Router:
             return
         state = Routed(new_trace_id(), time.monotonic(), "reverse" if reverse else "regular")
         # mitmproxy keeps header case: compare and strip by lower-case name.
-        state.headers = {k.lower(): v for k, v in req.headers.items()}
+        # (Read the raw fields: Headers.items() looks every name up again, O(n²).)
+        state.headers = {k.decode("utf-8", "surrogateescape").lower(): v.decode("utf-8", "surrogateescape")
+                         for k, v in req.headers.fields}
         try:
             body = parse_body(req.get_content(strict=False), self.engine.max_body)
             model = body.get("model")
@@ -319,9 +321,10 @@ class Router:
         """The app's credentials and routing headers stay out of the flow (saved flows, mitmweb)."""
         if META not in flow.metadata and state.resolved is None:
             return
-        for name in list(flow.request.headers.keys()):
-            if name.lower() in STRIP_HEADERS:
-                flow.request.headers[name] = "[redacted]"
+        fields = flow.request.headers.fields
+        if any(k.decode("latin-1").lower() in STRIP_HEADERS for k, _ in fields):
+            flow.request.headers.fields = tuple(
+                (k, b"[redacted]") if k.decode("latin-1").lower() in STRIP_HEADERS else (k, v) for k, v in fields)
         if state.no_log:
             flow.request.content = b'{"routecar": "payload not kept (no_log)"}'
 
