@@ -61,6 +61,7 @@ CASE_TITLES = {
     "e": "lean master, reverse",
     "c": "routecar run, reverse + policy header",
     "d": "routecar run, regular (HTTPS_PROXY)",
+    "f": "routecar run, reverse + policy, traces off",
 }
 
 
@@ -309,16 +310,18 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None)
     if case == "e":
         cmd = [PY, "-m", "routecar.mitm.master", "--listen", "127.0.0.1:0", "--mode", f"reverse:{up}",
                "--confdir", str(conf), "--set", "termlog_verbosity=error"]
-    else:  # c, d: every provider in providers.yaml points at the loopback upstream
+    else:  # c, d, f: every provider in providers.yaml points at the loopback upstream
         providers, keys = _loopback_providers(up, work / f"providers-{case}.yaml")
         env.update(keys)
         cmd = [str(BIN / "routecar"), "run", "--listen", "127.0.0.1:0", "--providers", str(providers),
                "--set", "termlog_verbosity=error"]
-        if case == "c":
+        if case in ("c", "f"):
             cmd += ["--mode", f"reverse:{up}"]
+        if case == "f":  # the cost of tracing, by difference with c
+            cmd += ["--traces", "off"]
     proc = subprocess.Popen(cmd, env=env, **quiet)
     addr = _wait_json(ready, proc)
-    if case == "c":
+    if case in ("c", "f"):
         return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY})
     if case == "d":
         ca = work / f"home-{case}" / "mitmproxy" / "mitmproxy-ca-cert.pem"
@@ -384,9 +387,9 @@ def main() -> int:
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     concs = [int(c) for c in args.concurrency.split(",")]
     notes: list[str] = []
-    if {"c", "d"} & set(cases) and not routecar_run_available():
-        notes.append("c/d skipped: `routecar run` is not available yet (no `routecar` CLI with a `run` command).")
-        cases = [c for c in cases if c not in ("c", "d")]
+    if {"c", "d", "f"} & set(cases) and not routecar_run_available():
+        notes.append("c/d/f skipped: `routecar run` is not available yet (no `routecar` CLI with a `run` command).")
+        cases = [c for c in cases if c not in ("c", "d", "f")]
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="routecar-bench-") as tmp:
