@@ -343,16 +343,21 @@ def test_policy_cache() -> None:
     text = '{"rules": [["in", "provider", ["openai", "azure"]]]}'
     a = cache.parse(text)
     assert cache.parse(text) is a and cache.hits == 1 and cache.misses == 1
-    assert cache.parse('{ "rules" : [["in","provider",["azure","openai","azure"]]] }') is a
+    # whitespace and bytes vs str: the same policy object
+    assert cache.parse('{ "rules" : [["in","provider",["openai","azure"]]] }') is a
     assert cache.parse(text.encode()) is a
-    assert cache.parse({"rules": [["in", "provider", ["azure", "openai"]]]}) is a
+    assert cache.parse({"rules": [["in", "provider", ["openai", "azure"]]]}) is a
+    # written differently: equal (one fingerprint) but its own object, so traces show it as written
+    other = cache.parse('{"rules": [{"id": "approved", "rule": ["in", "provider", ["azure", "openai", "azure"]]}]}')
+    assert other == a and other is not a
+    assert other.clauses[0].id == "approved" and other.clauses[0].rule == ["in", "provider", ["azure", "openai", "azure"]]
     bad = '{"rules": [["eq", "regoin", "eu"]]}'
     for _ in range(2):
         with pytest.raises(InvalidPolicy) as ei:
             cache.parse(bad)
         assert ei.value.errors == [{"path": "rules[0][1]", "message": "unknown field 'regoin' (did you mean 'region'?)"}]
     # text keys are exact: another spelling or bytes is a miss that dedupes to the same object
-    assert cache.hits == 2 and cache.misses == 4
+    assert cache.hits == 2 and cache.misses == 5
 
 
 def test_policy_cache_combine_is_memoised_and_independent_of_spelling_order() -> None:

@@ -25,8 +25,8 @@ class PolicyCache:
     def __init__(self, registry: FieldRegistry, maxsize: int = 4096) -> None:
         self.registry = registry
         self._by_text: LRUCache[str | bytes, Policy | InvalidPolicy] = LRUCache(maxsize)
-        self._by_digest: LRUCache[tuple[str, frozenset[str]], Policy] = LRUCache(maxsize)
-        self._combined: LRUCache[tuple[str, str, frozenset[str]], Policy] = LRUCache(maxsize)
+        self._by_identity: LRUCache[str, Policy] = LRUCache(maxsize)
+        self._combined: LRUCache[tuple[str, str], Policy] = LRUCache(maxsize)
         self.hits = self.misses = 0
 
     def parse(self, source: str | bytes | Mapping[str, Any]) -> Policy:
@@ -48,11 +48,13 @@ class PolicyCache:
         return hit
 
     def combine(self, tenant: Policy, request: Policy) -> Policy:
-        key = (tenant.digest, request.digest, request.explicit)
+        key = (tenant.identity, request.identity)
         hit = self._combined.get(key)
         if hit is None:
             hit = self._combined[key] = self._dedupe(combine(tenant, request, self.registry))
         return hit
 
     def _dedupe(self, policy: Policy) -> Policy:
-        return self._by_digest.setdefault((policy.digest, policy.explicit), policy)
+        # Same digest *and* same spelling of ids/origins/rules: traces must show the
+        # clauses as this policy wrote them, not as an equal policy seen earlier did.
+        return self._by_identity.setdefault(policy.identity, policy)

@@ -111,6 +111,9 @@ class Policy:
     canonical: Mapping[str, Any]
     digest: str
     explicit: frozenset[str] = frozenset()
+    # digest + how it was written (clause ids, origins, rules as written, explicit keys):
+    # two policies with one digest may still trace differently, so caches key on this.
+    identity: str = ""
     schema: str = SCHEMA
     # Per-catalog memo of entries passing the request-independent clauses (see evaluate.py).
     memo: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -195,8 +198,12 @@ def build_policy(checked: Checked) -> Policy:
         Clause(c.index, c.id, c.from_, c.rule, c.normal, compile_expr(c.normal), expr_fields(c.normal))
         for c in checked.clauses
     )
+    digest = digest_of(canonical)
+    written = json.dumps([sorted(checked.explicit), [[c.id, c.from_, c.rule] for c in checked.clauses]],
+                         sort_keys=True, default=str)
+    identity = digest + ":" + hashlib.sha256(written.encode()).hexdigest()[:16]
     return Policy(clauses, canonical_rank(checked.rank), checked.max_attempts, checked.no_log,
-                  canonical, digest_of(canonical), checked.explicit)
+                  canonical, digest, checked.explicit, identity=identity)
 
 
 def parse_policy(source: str | bytes | Mapping[str, Any],
