@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -117,13 +117,69 @@ def _without(value: Any, secrets: set[str]) -> Any:
     return value
 
 
-def record_rows(rec: TraceRecord) -> dict[str, list[dict[str, Any]]]:
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class DecisionParts:
+    """What a Decision contributes to the rows, with the parts that only depend on
+    (policy, catalog) dumped and scrubbed once: the canonical policy, its clauses, and
+    the request-independent failures (most of the candidates table)."""
+
+    def __init__(self, memo: MutableMapping[Any, Any]) -> None:
+        self.memo = memo
+
+    def _static(self, d: Any) -> tuple[str | None, str, dict[int, tuple[Any, ...]]]:
+        key = (d.policy.identity, d.catalog.version)
+        hit = self.memo.get(key)
+        if hit is None:
+            from routecar.policy import static_failures  # the store stays importable without the core
+            summary = {k: v for k, v in d.policy.summary().items() if k != "canonical"}
+            fails = {i: self._failure(f) for i, f in static_failures(d.policy, d.catalog).items()}
+            hit = self.memo[key] = (dumps_json(d.policy.canonical), dumps_json(summary), fails)
+        return hit
+
+    @staticmethod
+    def _failure(f: Any) -> tuple[Any, ...]:
+        return (f.index, scrub(f.id), dumps_json(f.rule), f.field, dumps_json(f.value))
+
+    def rows(self, d: Any, trace_id: str) -> tuple[str | None, str, list[dict[str, Any]], dict[str, Any]]:
+        """(policy column, decision column, candidate rows, {entry id: ranked dict})."""
+        policy_json, summary_json, fails = self._static(d)
+        ranked = [r.to_dict() for r in d.ranked]
+        by_id = {r["id"]: r for r in ranked}
+        rank = {r["id"]: n for n, r in enumerate(ranked, 1)}
+        static = static_failures_of(d)
+        candidates = []
+        for i, (entry, f) in enumerate(d.verdicts):
+            cached = fails.get(i) if f is not None and f is static.get(i) else None
+            parts = cached or (self._failure(f) if f is not None else (None,) * 5)
+            r = by_id.get(entry.id)
+            candidates.append({
+                "trace_id": trace_id, "entry_id": entry.id, "provider": entry.provider, "model": entry.model,
+                "passed": int(f is None), "failed_index": parts[0], "failed_clause_id": parts[1],
+                "failed_rule": parts[2], "failed_field": parts[3], "failed_value": parts[4],
+                "rank": rank.get(entry.id), "est_cost": r["est_cost"] if r else None})
+        rest = ('{"catalog_version":%s,"fallback":%s,"policy":%s,"ranked":%s,"request":%s,"selected":%s}' % (
+            _dumps(d.catalog.version), _dumps([r.entry.id for r in d.fallback]), summary_json,
+            dumps_json(ranked), dumps_json(d.request.to_dict()), _dumps(ranked[0]["id"] if ranked else None)))
+        return policy_json, rest, candidates, by_id
+
+
+def static_failures_of(d: Any) -> Mapping[int, Any]:
+    from routecar.policy import static_failures
+    return static_failures(d.policy, d.catalog)
+
+
+def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[str, list[dict[str, Any]]]:
     """Split one record into the rows of each table, enforcing no_log and scrubbing."""
     request, response = _text(rec.request_body), _text(rec.response_body)
     decision, error = rec.decision, rec.error
     if decision is not None and hasattr(decision, "to_dict"):
-        # The addon hands over the Decision itself: its verdicts are materialised here,
-        # in the writer thread, not on the proxy's event loop.
+        # The addon hands over the Decision itself: it is materialised here, in the
+        # writer thread, not on the proxy's event loop.
+        if parts is not None and not (rec.no_log and (request or response)):
+            return _rows_from_decision(rec, decision, parts, request, response)
         decision = decision.to_dict()
     if rec.no_log:
         hidden = _payload_strings(request) | _payload_strings(response)
@@ -189,6 +245,45 @@ def record_rows(rec: TraceRecord) -> dict[str, list[dict[str, Any]]]:
                     if isinstance(v, str) and k not in json_cols:
                         r[k] = scrub(v)
     return scrubbed
+
+
+def _rows_from_decision(rec: TraceRecord, d: Any, parts: DecisionParts, request: str | None,
+                        response: str | None) -> dict[str, list[dict[str, Any]]]:
+    """record_rows for a live Decision: the same rows, without the dict round trip."""
+    policy_json, rest, candidates, by_id = parts.rows(d, rec.trace_id)
+    won = [a for a in rec.attempts if isinstance(a.get("status"), int) and a["status"] < 400]
+    chosen_id = won[-1].get("entry") if won else (d.selected.entry.id if d.order else None)
+    chosen = by_id.get(chosen_id) or (won[-1] if won else {})
+    usage = rec.usage or {}
+    if rec.no_log:
+        request = response = None
+    row: dict[str, Any] = {
+        "trace_id": rec.trace_id, "ts": rec.ts, "tenant": rec.tenant,
+        "fingerprint": d.policy.fingerprint, "digest": d.policy.digest, "policy": policy_json,
+        "catalog_version": d.catalog.version, "requested_model": d.request.model,
+        "chosen_entry": chosen_id, "chosen_model": chosen.get("model"), "chosen_provider": chosen.get("provider"),
+        "status": rec.status, "outcome": rec.outcome, "latency_ms": rec.latency_ms, "ttfb_ms": rec.ttfb_ms,
+        "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+        "est_cost": by_id.get(chosen_id, {}).get("est_cost"), "actual_cost": rec.actual_cost,
+        "attempts_count": len(rec.attempts), "no_log": int(rec.no_log), "stream": int(rec.stream),
+        "mode": rec.mode, "decision": rest, "error": dumps_json(rec.error),
+    }
+    attempts = [{"trace_id": rec.trace_id, "n": n, "entry_id": a.get("entry"), "provider": a.get("provider"),
+                 "model": a.get("model"), "status": a.get("status"), "error_class": a.get("error_class"),
+                 "duration_ms": a.get("duration_ms")} for n, a in enumerate(rec.attempts, 1)]
+    payloads = ([{"trace_id": rec.trace_id, "request": request, "response": response}]
+                if request is not None or response is not None else [])
+    # Candidate rows hold catalog values and pre-scrubbed policy parts; the rest is
+    # per request and may carry anything the app sent.
+    for r in (row, *attempts, *payloads):
+        texts = [v for k, v in r.items() if isinstance(v, str) and k not in ("policy", "decision", "error")]
+        if texts and _maybe_secret("\n".join(texts)):
+            for k, v in r.items():
+                if isinstance(v, str) and k not in ("policy", "decision", "error"):
+                    r[k] = scrub(v)
+    if _maybe_secret(rest):
+        row["decision"] = dumps_json(json.loads(rest))
+    return {"decisions": [row], "candidates": candidates, "attempts": attempts, "payloads": payloads}
 
 
 def loads_json(text: str | None) -> Any:

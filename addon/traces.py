@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cachetools import LRUCache
 from sqlite_utils import Database
 
-from routecar.tracerows import (NO_LOG_REDACTED, REDACTED, dumps_json, loads_json,  # noqa: F401
+from routecar.tracerows import (DecisionParts, NO_LOG_REDACTED, REDACTED, dumps_json, loads_json,  # noqa: F401
                                 rebuild_decision, record_rows, scrub, scrub_obj)
 
 if TYPE_CHECKING:
@@ -144,6 +145,8 @@ class TraceStore:
                  busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
         self.clock = clock
+        # Per (policy, catalog): the dumped, scrubbed parts every trace of it shares.
+        self._parts = DecisionParts(LRUCache(maxsize=256))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = Database(self.path, execute_plugins=False)
         try:
@@ -189,7 +192,7 @@ class TraceStore:
         """Write `records` in one transaction; a repeated trace_id replaces the old trace."""
         tables: dict[str, list[dict[str, Any]]] = {"decisions": [], **{t: [] for t in _CHILDREN}}
         for rec in records:
-            for table, rows in record_rows(rec).items():
+            for table, rows in record_rows(rec, self._parts).items():
                 tables[table].extend(rows)
         catalogs = {}
         for rec in records:

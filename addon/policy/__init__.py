@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 from .cache import PolicyCache
-from .evaluate import Decision, Failure, LiveHealth, Ranked, RequestProfile, est_cost, evaluate
+from .evaluate import (Decision, Failure, LiveHealth, Ranked, RequestProfile, est_cost, evaluate,
+                       static_failures)
 from .model import Clause, Policy, combine, compile_expr, fingerprint, parse_policy
 from .validate import SCHEMA, PolicyErrorItem, iter_errors
 
 __all__ = [
     "SCHEMA", "Clause", "Decision", "Failure", "LiveHealth", "Policy", "PolicyCache", "PolicyErrorItem",
     "Ranked", "RequestProfile", "combine", "compile_expr", "est_cost", "evaluate", "fingerprint",
-    "iter_errors", "parse_policy",
+    "iter_errors", "parse_policy", "static_failures",
 ]

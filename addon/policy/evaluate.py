@@ -291,6 +291,11 @@ class Decision:
         }
 
 
+def static_failures(policy: Policy, catalog: Catalog) -> Mapping[int, Failure]:
+    """Catalog index -> first failing request-independent clause (shared, memoised objects)."""
+    return _static(policy, catalog).failures
+
+
 def _cooled(health: LiveHealth | None, ids: Any) -> frozenset[str]:
     if health is None:
         return frozenset()
