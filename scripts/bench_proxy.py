@@ -8,6 +8,7 @@ until `routecar run` exists):
   e  routecar's lean master (`python -m routecar.mitm.master`), reverse mode, no addon
   c  `routecar run`, reverse mode, requests carry an X-Route-Policy header
   d  `routecar run`, regular mode: CONNECT api.openai.com:443 + TLS via the proxy, policy header
+  f  like c with `--traces off`: the cost of tracing, by difference
 
 Every run is bounded by count (--requests) and time (--duration-cap). The
 upstream is a minimal asyncio HTTP/1.1 keep-alive server answering a fixed
@@ -362,7 +363,9 @@ def load(t: Target, client: str, requests: int, conns: int, cap: float, cpus: se
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", default="a,b,e,c,d", help="comma list of a,b,c,d,e (default: all)")
+    p.add_argument("--cases", default="a,b,e,c,f,d", help="comma list of a,b,c,d,e,f (default: all)")
+    p.add_argument("--plot", metavar="PNG", help="also plot p50/p99 latency vs concurrency (needs matplotlib: "
+                                                 "pip install -e '.[bench]')")
     p.add_argument("--concurrency", default="1,16,64", help="comma list (default: 1,16,64)")
     p.add_argument("--requests", type=int, default=2000, help="requests per run (default 2000)")
     p.add_argument("--duration-cap", type=float, default=30.0, help="seconds per run at most (default 30)")
@@ -426,7 +429,36 @@ def main() -> int:
             _stop(upstream)
 
     print(render(rows, client, args, pin, cpus_all, notes))
+    if args.plot:
+        print(plot(rows, Path(args.plot)))
     return 0
+
+
+def plot(rows: list[dict], out: Path) -> str:
+    """Latency vs concurrency per case, p50 solid and p99 dashed, log scale."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"\n- plot skipped: matplotlib is not installed (pip install -e '.[bench]')"
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for case in dict.fromkeys(r["case"] for r in rows):
+        pts = sorted((r["conns"], r["p50"] * 1000, r["p99"] * 1000) for r in rows if r["case"] == case)
+        xs = [p[0] for p in pts]
+        line, = ax.plot(xs, [p[1] for p in pts], marker="o", label=f"{case}: {CASE_TITLES[case]} (p50)")
+        ax.plot(xs, [p[2] for p in pts], linestyle="--", color=line.get_color(), alpha=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent keep-alive connections")
+    ax.set_ylabel("latency ms (solid p50, dashed p99)")
+    ax.set_title("routecar proxy latency vs concurrency (loopback, 2 CPUs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return f"\n- plot written to {out}"
 
 
 def render(rows: list[dict], client: str, args: argparse.Namespace, pin: bool, cpus: list[int],

@@ -158,6 +158,7 @@ class _Static:
     cost_at: int | None                  # fast path: est_cost is the only per-request sort key, here
     cost_sign: int = 1
     failures: Mapping[int, Failure] = field(default_factory=dict)  # first failing static clause
+    dyn_static: tuple[str, ...] = ()     # entry fields the per-request clauses also read
 
 
 _DYN = object()  # placeholder for a sort-key part known only per request
@@ -195,8 +196,9 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
             k = cost_at if cost_at is not None else 0
             rows.append((i, entry, entry.price_in, entry.price_out, entry.context_window, entry.max_output,
                          "tools" in caps, "vision" in caps, parts, parts[:k], parts[k + 1:]))
+    dyn_static = tuple(dict.fromkeys(f for c in policy.dynamic_clauses for f in c.fields if f not in DYNAMIC_FIELDS))
     hit = _Static(tuple(rows), composed, cost_at,
-                  -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures)
+                  -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures, dyn_static)
     if len(policy.memo) > 4:  # catalogs are reloaded rarely; keep the newest few
         policy.memo.clear()
     policy.memo[catalog.version] = hit
@@ -297,6 +299,7 @@ def static_failures(policy: Policy, catalog: Catalog) -> Mapping[int, Failure]:
 
 
 def _cooled(health: LiveHealth | None, ids: Any) -> frozenset[str]:
+    """Entries cooling down: the tracker's cached set, else asked entry by entry."""
     if health is None:
         return frozenset()
     fast = getattr(health, "cooled_ids", None)
@@ -320,21 +323,40 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
     items: list[tuple[Any, ...]] = []
     if st.cost_at is not None and not dynamic:
         # Hot path: the sort key is (static prefix, ±cost, static suffix), precomputed but for the cost.
-        sign = st.cost_sign
+        # Items are flat tuples (sort key..., catalog index, cost): the index is unique, so
+        # the cost after it is never compared; with est_cost first the key is (cost, suffix).
+        sign, first = st.cost_sign, st.cost_at == 0
         for i, entry, pin, pout, cw, mo, has_tools, has_vision, _, prefix, suffix in st.rows:
             if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
                 continue
             cost = (pt * pin + ot * pout) / 1_000_000
-            items.append(((prefix, sign * cost, suffix), i, cost))
+            if first:
+                items.append((sign * cost, suffix, i, cost))
+            else:
+                items.append((prefix, sign * cost, suffix, i, cost))
     else:
-        for i, entry, pin, pout, cw, mo, has_tools, has_vision, parts, _, _ in st.rows:
+        # Per-request clauses or sort keys: each survivor gets a small row with just the
+        # fields they read (not a copy of the whole entry).
+        cooled = _cooled(health, [r[1].id for r in st.rows])
+        latency = health is not None and any(
+            "latency_ms" in c.fields for c in dynamic) or any(f == "latency_ms" for _, f in rank)
+        sign = st.cost_sign
+        for i, entry, pin, pout, cw, mo, has_tools, has_vision, parts, prefix, suffix in st.rows:
             if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
                 continue
             cost = (pt * pin + ot * pout) / 1_000_000
+            row: dict[str, Any] | None = None
             if needs_row:
-                row = _row(entry, catalog.rows[i], req, health)
-                if dynamic and not all(c.test(row) for c in dynamic):
+                base = catalog.rows[i]
+                row = {f: base.get(f) for f in st.dyn_static}
+                row["est_cost"], row["healthy"] = cost, entry.id not in cooled
+                row["latency_ms"] = health.live_fields(entry.id).get("latency_ms") if latency and health else None
+                if not all([c.test(row) for c in dynamic]):
                     continue
+            if st.cost_at is not None:
+                items.append((prefix, sign * cost, suffix, i, cost))
+                continue
+            if row is not None:
                 key = tuple(p if p is not _DYN else _key_part(d, row.get(f)) if st.composed else row.get(f)
                             for p, (d, f) in zip(parts, rank))
             else:  # the only dynamic sort key left is est_cost
@@ -342,7 +364,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
                             for p, (d, _) in zip(parts, rank))
             items.append((key, i, cost))
     if st.composed:
-        items.sort()  # (key, catalog index, cost): the index is unique, so cost is never compared
+        items.sort()
     else:  # descending strings: stable multi-pass sort, last key first
         for n in range(len(rank) - 1, -1, -1):
             d = rank[n][0]
@@ -350,7 +372,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
                 items.sort(key=lambda t: (t[0][n] is None, t[0][n]))
             else:
                 items.sort(key=lambda t: (t[0][n] is not None, t[0][n]), reverse=True)
-    cooled = _cooled(health, [catalog.entries[i].id for _, i, _ in items]) if health is not None else frozenset()
+    cooled = _cooled(health, [catalog.entries[t[-2]].id for t in items])
     if cooled:  # a cooled-down entry is tried only after every healthy one
-        items.sort(key=lambda t: catalog.entries[t[1]].id in cooled)
-    return Decision(policy, catalog, req, tuple(i for _, i, _ in items), tuple(c for _, _, c in items), health)
+        items.sort(key=lambda t: catalog.entries[t[-2]].id in cooled)
+    return Decision(policy, catalog, req, tuple(t[-2] for t in items), tuple(t[-1] for t in items), health)
