@@ -31,7 +31,7 @@ import aiohttp
 
 from .engine import Engine, Outbound
 from .errors import MissingProviderKey, RoutecarError, UpstreamFailed
-from .fallback import Action, AttemptError, ErrorClass, Outcome, Verdict, classify, next_attempt
+from .fallback import Action, AttemptError, Outcome, Verdict, classify, next_attempt
 from .policy import Decision
 
 MAX_ERROR_BODY = 64 * 1024

@@ -441,7 +441,7 @@ def plot(rows: list[dict], out: Path) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return f"\n- plot skipped: matplotlib is not installed (pip install -e '.[bench]')"
+        return "\n- plot skipped: matplotlib is not installed (pip install -e '.[bench]')"
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for case in dict.fromkeys(r["case"] for r in rows):
         pts = sorted((r["conns"], r["p50"] * 1000, r["p99"] * 1000) for r in rows if r["case"] == case)

@@ -10,7 +10,7 @@ computed lazily, in policy order, when a trace or a dry run asks for them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol

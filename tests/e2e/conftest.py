@@ -5,14 +5,17 @@ subprocess in front of the loopback fake providers, and the official openai SDK.
 - ``loopback`` (session): providers.yaml pointing every provider at its fake + key env.
 - ``sidecar(*args, mode="regular", stock=False, env=None)``: a started proxy; `.traces`
   is its trace DB, `.ca` its CA certificate.
+- ``curl_json(side, method, path, data=None)``: curl for the `/x/...` endpoints.
 - ``sdk(proxy)``: an ``openai.OpenAI`` client that reaches the sidecar as an
   unmodified app would: via HTTPS_PROXY + CA in regular mode, via base_url in reverse.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import ssl
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,3 +101,18 @@ def sdk(side: Sidecar, api_key: str = "sk-app-own-key-1234567890", **kw: Any) ->
     http_client = openai.DefaultHttpxClient(proxy=side.url, verify=ssl.create_default_context(cafile=str(side.ca)))
     return openai.OpenAI(base_url="https://api.openai.com/v1", api_key=api_key, max_retries=0,
                          http_client=http_client, **kw)
+
+
+def curl_json(side: Sidecar, method: str, path: str, data: str | None = None) -> tuple[int, Any]:
+    """curl a dry-run endpoint the way a user would: at routecar.local through the proxy
+    in regular mode, at the sidecar's own address in reverse mode. (status, JSON body)."""
+    if side.mode == "reverse":
+        target = ["-X", method, side.url + path]
+    else:
+        target = ["-x", side.url, "-X", method, "http://routecar.local" + path]
+    argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *target]
+    if data is not None:
+        argv += ["-H", "content-type: application/json", "--data-binary", data]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code), json.loads(body)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import subprocess
 import time
 from typing import Any
 
 import openai
 import pytest
 
-from tests.e2e.conftest import sdk
+from tests.e2e.conftest import curl_json, sdk
 from tests.fakes.config import write_loopback_providers
 
 EU = json.dumps({"rules": [["eq", "region", "eu"]]})
@@ -52,16 +51,6 @@ def trace(side, trace_id: str, timeout: float = 10.0) -> dict[str, Any]:
         if time.monotonic() >= deadline:
             raise AssertionError(f"trace {trace_id} not written within {timeout}s")
         time.sleep(0.05)  # polling a condition with a deadline
-
-
-def curl_json(side, method: str, path: str, data: str | None = None) -> tuple[int, dict]:
-    argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-x", side.url, "-X", method,
-            "http://routecar.local" + path]
-    if data is not None:
-        argv += ["-H", "content-type: application/json", "--data-binary", data]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
-    body, _, code = out.rpartition("\n")
-    return int(code), json.loads(body)
 
 
 def contacted(fake) -> dict[str, list[str]]:

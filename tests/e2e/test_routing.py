@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 
-from tests.e2e.conftest import sdk
+from tests.e2e.conftest import curl_json, sdk
 from tests.fakes.config import fake_key
 
 EU = json.dumps({"rules": [["eq", "region", "eu"]]})
@@ -141,37 +141,24 @@ def test_default_policy_applies_without_header(sidecar, fake):
     assert raw.headers["x-route-provider"] == "mistral"
 
 
-def _curl(side, method: str, path: str, data: str | None = None) -> tuple[int, dict]:
-    if side.mode == "reverse":
-        argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, side.url + path]
-    else:
-        argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-x", side.url, "-X", method,
-                "http://routecar.local" + path]
-    if data is not None:
-        argv += ["-H", "content-type: application/json", "--data-binary", data]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
-    body, _, code = out.rpartition("\n")
-    return int(code), json.loads(body)
-
-
 @pytest.mark.parametrize("mode", ["regular", "reverse"])
-def test_dry_run_endpoints_with_curl(sidecar, fake, mode):
+def test_dry_run_endpoints_withcurl_json(sidecar, fake, mode):
     side = sidecar(mode=mode)
-    code, fields = _curl(side, "GET", "/x/fields")
+    code, fields = curl_json(side, "GET", "/x/fields")
     assert code == 200
     names = {f["name"] for f in fields["fields"]}
     assert {"bench_intelligence", "provider", "region", "est_cost", "healthy", "tier"} <= names
-    code, ranked = _curl(side, "POST", "/x/rank", json.dumps({"policy": {"rules": [["eq", "region", "eu"]]}}))
+    code, ranked = curl_json(side, "POST", "/x/rank", json.dumps({"policy": {"rules": [["eq", "region", "eu"]]}}))
     assert code == 200
     assert ranked["selected"] == "mistral/mistral-small-3"
     assert len(ranked["candidates"]) == 19
-    code, bad = _curl(side, "POST", "/x/rank", json.dumps({"policy": {"rules": [["eq", "nope", 1]]}}))
+    code, bad = curl_json(side, "POST", "/x/rank", json.dumps({"policy": {"rules": [["eq", "nope", 1]]}}))
     assert code == 400 and bad["error"]["code"] == "invalid_policy"
-    code, health = _curl(side, "GET", "/x/healthz")
+    code, health = curl_json(side, "GET", "/x/healthz")
     assert code == 200 and health["status"] == "ok"
-    code, cat = _curl(side, "GET", "/x/catalog")
+    code, cat = curl_json(side, "GET", "/x/catalog")
     assert code == 200 and len(cat["entries"]) == 19
-    code, missing = _curl(side, "GET", "/x/nope")
+    code, missing = curl_json(side, "GET", "/x/nope")
     assert code == 404
     assert all(fake.requests(n) == [] for n in fake.ports)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ import openai
 import pytest
 
 from routecar.providers import DEFAULT_PROVIDERS
-from tests.e2e.conftest import sdk
+from tests.e2e.conftest import curl_json, sdk
 from tests.fakes.config import fake_key
 
 TENANTS = DEFAULT_PROVIDERS.parent / "tenants.yaml"
@@ -29,16 +28,6 @@ def _headers(rec: dict[str, Any]) -> dict[str, list[str]]:
     for k, v in rec["headers"]:
         out.setdefault(k.lower(), []).append(v)
     return out
-
-
-def _curl(side: Any, method: str, path: str, data: str | None = None) -> tuple[int, dict[str, Any]]:
-    argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-x", side.url, "-X", method,
-            "http://routecar.local" + path]
-    if data is not None:
-        argv += ["-H", "content-type: application/json", "--data-binary", data]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
-    body, _, code = out.rpartition("\n")
-    return int(code), json.loads(body)
 
 
 def _route(client: openai.OpenAI, **extra_headers: str) -> tuple[str, str]:
@@ -95,13 +84,13 @@ def test_header_api_key_unknown_and_narrowing(sidecar, fake):
     assert ei.value.body["code"] == "no_candidate"
     assert sum(len(fake.requests(n)) for n in fake.ports) == n_before
     # the dry-run rank shows the tenant's compiled policy and which rule made each clause
-    code, ranked = _curl(side, "POST", "/x/rank", json.dumps({"tenant": "wayne-mixed"}))
+    code, ranked = curl_json(side, "POST", "/x/rank", json.dumps({"tenant": "wayne-mixed"}))
     assert code == 200
     assert ranked["tenant"] == "wayne-mixed" and ranked["selected"] == "mistral/mistral-medium-3"
     assert {c["id"]: c["from"] for c in ranked["policy"]["clauses"]} == {
         "quality-floor": "rule:quality-floor", "approved-providers": "rule:approved-providers",
         "data-residency": "rule:data-residency"}
-    code, err = _curl(side, "POST", "/x/rank", json.dumps({"tenant": "nobody"}))
+    code, err = curl_json(side, "POST", "/x/rank", json.dumps({"tenant": "nobody"}))
     assert code == 403 and err["error"]["code"] == "unknown_tenant"
 
 
@@ -145,11 +134,11 @@ def test_hot_reload_and_broken_table(sidecar, fake, tmp_path: Path):
     table.write_text(moved)
     _poll(lambda: _route(client, **{"X-Tenant-Id": "initech-eu"}) == ("openai", "gpt-5.5-nano"),
           "initech-eu to move to region us")
-    code, health = _curl(side, "GET", "/x/healthz")
+    code, health = curl_json(side, "GET", "/x/healthz")
     assert code == 200 and health["status"] == "ok" and health["tenants"]["last_error"] is None
 
     table.write_text("tenants: [{id: broken")  # not valid YAML
-    health = _poll(lambda: (h := _curl(side, "GET", "/x/healthz")[1])["tenants"]["last_error"] and h,
+    health = _poll(lambda: (h := curl_json(side, "GET", "/x/healthz")[1])["tenants"]["last_error"] and h,
                    "healthz to report the broken table")
     assert health["status"] == "degraded"
     assert "not valid YAML" in health["tenants"]["last_error"]
