@@ -152,6 +152,9 @@ class TraceStore:
         try:
             self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self.db.enable_wal()
+            # WAL + NORMAL: a commit no longer waits for fsync (only checkpoints do); the
+            # database stays consistent, a power cut may lose the last few traces.
+            self.db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except BaseException:
             self.db.close()
