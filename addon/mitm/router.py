@@ -340,9 +340,15 @@ class Router:
 
     def _finish(self, state: Routed, stats: StreamStats | None) -> None:
         """Write the trace: once per routed request, after the client got its answer."""
-        if self.writer is None or state.result is None:
+        if state.result is None:
             return
         res, d, r = state.result, state.decision, state.resolved
+        if stats is not None and stats.error and res.entry_id and self.engine is not None:
+            # Bytes had reached the client, so no fallback was possible; the break still
+            # counts against the entry, so a provider that keeps cutting streams cools down.
+            self.engine.health.record(res.entry_id, False, None)
+        if self.writer is None:
+            return
         if res.error is not None:
             outcome = res.error.code
         elif stats is not None and stats.error:

@@ -197,6 +197,9 @@ def test_stream_cut_after_bytes_raises_in_the_sdk(sidecar, fake):
     t = trace(side, s.response.headers["x-route-trace-id"])
     assert t["outcome"] == "stream_broken"
     assert contacted(fake) == {"mistral": ["mistral-small-3"]}   # bytes were sent: no fallback
+    # The break counts against the entry in live health.
+    code, health = curl_json(side, "GET", "/x/healthz")
+    assert health["health"]["mistral/mistral-small-3"]["consecutive_failures"] == 1
 
 
 def test_client_gone_mid_stream(sidecar, fake):
