@@ -336,6 +336,7 @@ class Relay:
         self.pending_ttl_s = pending_ttl_s
         self._pending: dict[str, Pending] = {}
         self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     async def start(self) -> None:
@@ -349,6 +350,10 @@ class Relay:
         self._pending.clear()
         if self._server is not None:
             self._server.close()
+            # wait_closed() waits for every connection: close mitmproxy's idle keep-alive
+            # connections first, or shutdown hangs while an app keeps its connection open.
+            for writer in list(self._conns):
+                writer.close()
             await self._server.wait_closed()
 
     def register(self, status: int, headers: Sequence[tuple[str, str]], *,
@@ -375,6 +380,7 @@ class Relay:
             self.discard(self.PREFIX + token)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._conns.add(writer)
         try:
             for _ in range(10_000):  # keep-alive: mitmproxy may reuse the connection
                 try:
@@ -404,6 +410,7 @@ class Relay:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self._conns.discard(writer)
             writer.close()
 
     async def _pipe(self, p: Pending, writer: asyncio.StreamWriter) -> bool:

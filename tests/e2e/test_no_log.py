@@ -118,3 +118,22 @@ def test_canary_search_sees_the_fake_received_it(fake, sidecar, tmp_path, no_log
     got = json.dumps(fake.requests("mistral"))
     assert all(c["request"] in got for c in calls)
     assert APP_KEY not in got
+
+
+def test_no_log_from_the_tenant_alone(sidecar, fake, tmp_path):
+    # umbrella-health's rules set no_log; the app sends only its tenant header, no policy.
+    tenants = Path(__file__).resolve().parents[2] / "policies" / "tenants.yaml"
+    flows = tmp_path / "flows.mitm"
+    side = sidecar("--tenants", str(tenants), "--save", str(flows))
+    canary = f"CANARY-TENANT-{secrets.token_hex(8)}"
+    raw = sdk(side).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": canary}],
+        extra_headers={"X-Tenant-Id": "umbrella-health"})
+    trace_id = raw.headers["x-route-trace-id"]
+    assert side.stop() == 0
+    files = _files(side, flows, tmp_path)
+    assert canary in json.dumps(fake.requests(raw.headers["x-route-provider"]))  # it did travel
+    assert _where(files, canary) == []
+    assert side.trace_rows("SELECT tenant, no_log FROM decisions WHERE trace_id = ?", trace_id) == [
+        ("umbrella-health", 1)]
+    assert side.trace_rows("SELECT count(*) FROM payloads WHERE trace_id = ?", trace_id) == [(0,)]
