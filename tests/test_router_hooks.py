@@ -271,3 +271,56 @@ def test_dead_or_answered_flows_are_skipped():
             await router.request(f)
             assert f.response.status_code == 200
     run(body)
+
+
+# -- a routed call, in-process against the loopback fakes ------------------------------------
+
+def test_routed_flow_carries_headers_comment_and_marks_failures(tmp_path: Path, monkeypatch):
+    from tests.fakes import FakeFleet
+    from tests.fakes.config import write_loopback_providers
+
+    async def main() -> None:
+        fleet = await FakeFleet(["mistral", "scaleway"]).start_async()
+        try:
+            providers, keys = write_loopback_providers(fleet.url, tmp_path / "providers.yaml",
+                                                       names=["mistral", "scaleway"])
+            for k, v in keys.items():
+                monkeypatch.setenv(k, v)
+            router = Router()
+            with taddons.context(router) as tctx:
+                configured(tctx, router, routecar_providers=str(providers), routecar_catalog=str(
+                    _eu_catalog(tmp_path)))
+                await router.running()
+                try:
+                    # (only these two providers are configured: the app calls one of their hosts)
+                    ok = flow(host="api.mistral.ai",
+                              headers=[("X-Route-Policy", EU), ("Authorization", "Bearer sk-app-key")])
+                    await router.request(ok)
+                    assert ok.response is not None and ok.response.status_code == 200
+                    assert ok.response.headers["x-route-provider"] == "mistral"
+                    assert ok.comment.startswith("routecar rt_") and "-> mistral/mistral-small-3" in ok.comment
+                    assert not ok.marked
+                    assert ok.request.headers["Authorization"] == "[redacted]"  # kept out of saved flows
+                    fleet.set_script("mistral", [{"status": 503}])
+                    fleet.set_script("scaleway", [{"status": 503}])
+                    bad = flow(host="api.mistral.ai", headers=[("X-Route-Policy", EU)])
+                    await router.request(bad)
+                    assert bad.response is not None and bad.response.status_code == 502
+                    assert bad.marked == ":warning:"
+                    assert "status=502" in bad.comment
+                finally:
+                    await router.done()
+        finally:
+            await fleet.stop_async()
+
+    run(main)
+
+
+def _eu_catalog(tmp_path: Path) -> Path:
+    """The default catalog restricted to the two loopback providers of this test."""
+    import yaml
+    data = yaml.safe_load((POLICIES / "catalog.yaml").read_text())
+    data["entries"] = [e for e in data["entries"] if e["provider"] in ("mistral", "scaleway")]
+    out = tmp_path / "eu-catalog.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return out

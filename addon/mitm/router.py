@@ -256,7 +256,9 @@ class Router:
         assert self.session is not None and self.relay is not None
         state.result = result = await try_plan(self.session, self.engine, state.decision, body,
                                                state.headers, timeouts=self.timeouts)
-        flow.comment = self._summary(state)
+        flow.comment = self._summary(state)  # what mitmweb shows for the flow
+        if result.status >= 400:
+            flow.marked = ":warning:"
         if result.stream is not None or state.no_log:
             # Streams (and every no_log answer) go through the relay: chunk by chunk, and
             # never held in the flow where a saved flow file or mitmweb would keep it.
