@@ -29,11 +29,14 @@ class TraceWriter:
     def __init__(self, store_path: str | Path, *, max_queue: int = 10000,
                  batch_size: int = 256, flush_interval_s: float = 0.05,
                  max_age_s: float | None = None, max_rows: int | None = None,
-                 prune_every_s: float = 60.0,
+                 prune_every_s: float = 60.0, linger_s: float = 0.05,
                  clock: Callable[[], float] = time.time) -> None:
         self.store_path = Path(store_path)
         self.batch_size = max(1, batch_size)
         self.flush_interval_s = flush_interval_s
+        # After the first record of a batch, wait this long for more: under load one
+        # transaction then carries dozens of traces instead of one or two.
+        self.linger_s = linger_s
         self.max_age_s, self.max_rows, self.prune_every_s = max_age_s, max_rows, prune_every_s
         self.clock = clock
         self._queue: queue.Queue[TraceRecord] = queue.Queue(maxsize=max_queue)
@@ -112,6 +115,8 @@ class TraceWriter:
                 except queue.Empty:
                     self._maybe_prune()
                     continue
+                if self.linger_s > 0 and self._queue.qsize() < self.batch_size:
+                    self._stop.wait(self.linger_s)  # returns at once when closing
                 self._write(self._batch(first))
                 self._maybe_prune()
         finally:

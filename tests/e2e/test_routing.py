@@ -174,8 +174,9 @@ def test_malformed_body_is_a_clear_400(sidecar, fake):
     assert all(fake.requests(n) == [] for n in fake.ports)
 
 
-def test_sigterm_flushes_traces(sidecar, fake):
-    side = sidecar()
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_sigterm_flushes_traces(sidecar, fake, writer):
+    side = sidecar("--set", f"routecar_traces_writer={writer}")
     for _ in range(3):
         sdk(side).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
                                           extra_headers={"X-Route-Policy": EU})
