@@ -97,12 +97,12 @@ class Engine:
         if self.default_policy:  # a bad default fails at start, not on a request
             self.policies().parse(self.default_policy)
         if self.default_tenant and self.tenants and self.tenants.current().get(self.default_tenant) is None:
-            raise ConfigError(f"default tenant {self.default_tenant!r} is not in {self.tenants.source}")
+            raise ConfigError(f"default tenant {self.default_tenant!r} is not in {self.tenants.label}")
         if self.tenants is not None and self.rules is not None:
             # A tenant whose attributes do not fit a rule fails the start, not its first request.
             problems = check_tenants(self.tenants.current(), self.rules, self.catalog.registry)
             if problems:
-                raise ConfigError(f"{self.tenants.source}: {len(problems)} tenant(s) do not compile: "
+                raise ConfigError(f"{self.tenants.label}: {len(problems)} tenant(s) do not compile: "
                                   + "; ".join(e.message for e in problems))
 
     @property
@@ -261,7 +261,7 @@ class Engine:
         }
         if self.tenants is not None:
             table = self.tenants.current()
-            body["tenants"] = {"source": self.tenants.source, "version": table.version,
+            body["tenants"] = {"source": self.tenants.label, "version": table.version,
                                "count": len(table.ids()), "last_error": self.tenants.last_error}
         body.update(extra)
         if self.catalog_source.last_error or (self.tenants and self.tenants.last_error):

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import sqlite3
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import yaml
 from sqlite_utils import Database
 
 from routecar.errors import ConfigError
+from routecar.reloading import ReloadingSource
 from routecar.tenant_rules import (
     RuleCompileError,
     RuleSet,
@@ -333,62 +333,25 @@ def load_tenants(source: str | os.PathLike[str]) -> TenantTable:
     return TenantTable(records, source=spec.label)
 
 
-class TenantSource:
+class TenantSource(ReloadingSource[TenantTable]):
     """The current tenant table, re-read when its file changes.
 
-    The file signature (mtime/size/inode, for SQLite also the WAL file and a
+    The change signature (inode/mtime/size, for SQLite also the WAL file and a
     row count + max rowid) is checked at most every `ttl_s` seconds of the
-    injected clock. A broken new version keeps the last good table in
-    service and is reported in `last_error`; only the first load raises.
+    injected clock; the rest (keep the last good table, `last_error`, only the
+    first load raises) is `ReloadingSource`.
     """
 
     def __init__(self, source: str | os.PathLike[str], *, clock: Callable[[], float],
                  ttl_s: float = 2.0) -> None:
         self._spec = parse_source(str(source))
-        self._clock = clock
-        self._ttl_s = ttl_s
-        self._lock = threading.Lock()
-        self.last_error: str | None = None
-        self._signature = source_signature(self._spec)
-        self._table = load_tenants(str(source))
-        self._checked_at = clock()
-        self.reloads = 0
+        super().__init__(str(source), load_tenants, clock, ttl_s, url_ttl_s=ttl_s, label=self._spec.label)
 
-    @property
-    def source(self) -> str:
-        return self._spec.label
+    def stamp(self) -> Any:
+        return source_signature(self._spec)
 
-    def current(self) -> TenantTable:
-        now = self._clock()
-        if now - self._checked_at < self._ttl_s:
-            return self._table
-        with self._lock:
-            if now - self._checked_at < self._ttl_s:
-                return self._table
-            self._checked_at = now
-            self._refresh()
-            return self._table
-
-    def _refresh(self) -> None:
-        try:
-            signature = source_signature(self._spec)
-        except ConfigError as e:
-            self.last_error = f"{e}; keeping tenant table {self._table.version}"
-            return
-        if signature == self._signature:
-            return
-        # Remember the new signature even if it fails to load: a broken file
-        # is parsed once, not on every check, until it changes again.
-        self._signature = signature
-        try:
-            table = TenantTable(read_records(self._spec),
-                                source=self._spec.label)
-        except ConfigError as e:
-            self.last_error = f"{e}; keeping tenant table {self._table.version}"
-            return
-        self._table = table
-        self.last_error = None
-        self.reloads += 1
+    def kept(self) -> str:
+        return f"; keeping tenant table {self._value.version}"
 
 
 @dataclass(frozen=True)
