@@ -112,7 +112,8 @@ class Engine:
     def policies(self) -> PolicyCache:
         """The policy cache for the current catalog's field registry (rebuilt if it changed)."""
         registry = self.catalog.registry
-        if self._cache is None or self._cache.registry.key != registry.key:
+        if self._cache is None or (self._cache.registry is not registry
+                                   and self._cache.registry.key != registry.key):
             self._cache = PolicyCache(registry)
             self._tenant_policies.clear()
         return self._cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 FieldType = Literal["string", "number", "integer", "boolean", "list[string]"]
@@ -88,7 +89,7 @@ class FieldRegistry:
     def names(self) -> list[str]:
         return sorted(self.fields)
 
-    @property
+    @cached_property
     def key(self) -> tuple[tuple[str, str], ...]:
         """Hashable identity, for caches keyed on (policy text, registry)."""
         return tuple(sorted((n, f.type) for n, f in self.fields.items()))
