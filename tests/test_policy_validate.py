@@ -135,6 +135,7 @@ POLICY_CASES: list[tuple[Any, list[tuple[str, str]]]] = [
      [("rules[0].rule[1][3]", "value for 'price_in' must be a number, got string")]),
     # rank
     ({"rank": []}, [("rank", 'rank is a non-empty list of ["asc"|"desc", field]')]),
+    ({"rank": [["asc", "price_in"]] * 17}, [("rank", "too many sort keys: 17 > 16")]),
     ({"rank": "est_cost"}, [("rank", 'rank is a non-empty list of ["asc"|"desc", field]')]),
     ({"rank": [["asc"]]}, [("rank[0]", 'a sort key is ["asc"|"desc", field]')]),
     ({"rank": ["asc", "id"]}, [("rank[0]", 'a sort key is ["asc"|"desc", field]'),

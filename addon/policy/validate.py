@@ -31,6 +31,7 @@ MAX_NODES = 1024
 MAX_LIST = 256
 MAX_STRING = 256
 MAX_ATTEMPTS = 10
+MAX_RANK_KEYS = 16
 
 
 @dataclass(frozen=True)
@@ -290,8 +291,11 @@ def _rank(w: _Walk, rank: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(rank, list) or not rank:
         w.err("rank", "rank is a non-empty list of [\"asc\"|\"desc\", field]")
         return ()
+    if len(rank) > MAX_RANK_KEYS:
+        w.err("rank", f"too many sort keys: {len(rank)} > {MAX_RANK_KEYS}")
+        return ()
     out: list[tuple[str, str]] = []
-    for i, k in enumerate(rank[:MAX_LIST]):
+    for i, k in enumerate(rank):
         p = f"rank[{i}]"
         if not (isinstance(k, list) and len(k) == 2):
             w.err(p, "a sort key is [\"asc\"|\"desc\", field]")
