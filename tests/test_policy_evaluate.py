@@ -379,3 +379,12 @@ def test_policies_from_an_lru_evicted_cache_still_parse() -> None:
     texts = ['{"rules": [["cmp", "price_in", "le", %d]]}' % i for i in range(5)]
     first = [cache.parse(t) for t in texts]
     assert [cache.parse(t).digest for t in texts] == [p.digest for p in first]
+
+
+def test_combine_over_the_clause_limit_says_whose_clauses() -> None:
+    tenant = P({"rules": [["cmp", "price_in", "le", 100 + i] for i in range(40)]})
+    request = P({"rules": [["cmp", "price_out", "le", 100 + i] for i in range(30)]})
+    with pytest.raises(InvalidPolicy) as ei:
+        combine(tenant, request, CAT.registry)
+    assert ei.value.errors == [{"path": "rules", "message":
+                                "the request's 30 clause(s) and its tenant's 40 together exceed 64 clauses"}]

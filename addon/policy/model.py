@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import InvalidPolicy
 from ..fields import DEFAULT_REGISTRY, DYNAMIC_FIELDS, FieldRegistry
-from .validate import SCHEMA, Checked, canon_key, check, decode
+from .validate import MAX_CLAUSES, SCHEMA, Checked, canon_key, check, decode
 
 Row = Mapping[str, Any]
 Predicate = Callable[[Row], bool]
@@ -228,6 +228,10 @@ def combine(tenant: Policy, request: Policy, registry: FieldRegistry | None = No
     Rules: both sets. no_log: either. max_attempts: the smaller. rank: the
     request's if it set one (ordering never admits a dropped entry), else the tenant's.
     """
+    if len(tenant.clauses) + len(request.clauses) > MAX_CLAUSES:
+        raise InvalidPolicy([{"path": "rules", "message": (
+            f"the request's {len(request.clauses)} clause(s) and its tenant's {len(tenant.clauses)} "
+            f"together exceed {MAX_CLAUSES} clauses")}])
     t, r = tenant.to_ir(), request.to_ir()
     req_rules = []
     for rule, c in zip(r["rules"], request.clauses):
