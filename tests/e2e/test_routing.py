@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -183,3 +184,31 @@ def test_sigterm_flushes_traces(sidecar, fake, writer):
     assert side.stop() == 0
     rows = side.trace_rows("select chosen_entry, outcome, attempts_count from decisions")
     assert rows == [("mistral/mistral-small-3", "ok", 1)] * 3
+
+
+def test_catalog_hot_reload_keeps_the_last_good_version(sidecar, fake, tmp_path):
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "policies" / "catalog.yaml").read_text())
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(shipped))
+    side = sidecar("--catalog", str(catalog))
+    pick = lambda: sdk(side).chat.completions.with_raw_response.create(  # noqa: E731
+        model="x", messages=[{"role": "user", "content": "hi"}], extra_headers={"X-Route-Policy": EU}).headers
+    assert pick()["x-route-model"] == "mistral-small-3"
+    # The operator drops the cheapest EU entries: the next call follows the new catalog.
+    shipped["entries"] = [e for e in shipped["entries"] if not e["id"].endswith("mistral-small-3")]
+    catalog.write_text(yaml.safe_dump(shipped))
+    deadline = time.monotonic() + 15
+    while pick()["x-route-model"] == "mistral-small-3":
+        assert time.monotonic() < deadline, "catalog change not picked up"
+        time.sleep(0.2)
+    assert pick()["x-route-model"] == "llama-3.3-70b-instruct"
+    # A broken version keeps the last good one in service and says so.
+    catalog.write_text("entries: [{id: broken}]\n")
+    deadline = time.monotonic() + 15
+    while not (health := curl_json(side, "GET", "/x/healthz")[1])["catalog"]["last_error"]:
+        assert time.monotonic() < deadline, "broken catalog not reported"
+        time.sleep(0.2)
+    assert health["status"] == "degraded" and "keeping the last good version" in health["catalog"]["last_error"]
+    assert pick()["x-route-model"] == "llama-3.3-70b-instruct"
