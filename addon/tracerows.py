@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from routecar.traces import TraceRecord
 
+CANDIDATE_COLUMNS = ("entry_id", "provider", "model", "passed", "failed_index", "failed_clause_id",
+                     "failed_rule", "failed_field", "failed_value", "rank", "est_cost")
+
 REDACTED = "[redacted]"
 NO_LOG_REDACTED = "[no_log]"
 
@@ -143,27 +146,24 @@ class DecisionParts:
     def _failure(f: Any) -> tuple[Any, ...]:
         return (f.index, scrub(f.id), dumps_json(f.rule), f.field, dumps_json(f.value))
 
-    def rows(self, d: Any, trace_id: str) -> tuple[str | None, str, list[dict[str, Any]], dict[str, Any]]:
-        """(policy column, decision column, candidate rows, {entry id: ranked dict})."""
+    def rows(self, d: Any, trace_id: str) -> tuple[str | None, str, list[list[Any]], dict[str, Any]]:
+        """(policy column, decision column, candidate entries (CANDIDATE_COLUMNS), {entry id: ranked dict})."""
         policy_json, summary_json, fails = self._static(d)
         ranked = [r.to_dict() for r in d.ranked]
         by_id = {r["id"]: r for r in ranked}
         rank = {r["id"]: n for n, r in enumerate(ranked, 1)}
         static = static_failures_of(d)
-        candidates = []
+        entries = []
         for i, (entry, f) in enumerate(d.verdicts):
             cached = fails.get(i) if f is not None and f is static.get(i) else None
             parts = cached or (self._failure(f) if f is not None else (None,) * 5)
             r = by_id.get(entry.id)
-            candidates.append({
-                "trace_id": trace_id, "entry_id": entry.id, "provider": entry.provider, "model": entry.model,
-                "passed": int(f is None), "failed_index": parts[0], "failed_clause_id": parts[1],
-                "failed_rule": parts[2], "failed_field": parts[3], "failed_value": parts[4],
-                "rank": rank.get(entry.id), "est_cost": r["est_cost"] if r else None})
+            entries.append([entry.id, entry.provider, entry.model, int(f is None), *parts,
+                            rank.get(entry.id), r["est_cost"] if r else None])
         rest = ('{"catalog_version":%s,"fallback":%s,"policy":%s,"ranked":%s,"request":%s,"selected":%s}' % (
             _dumps(d.catalog.version), _dumps([r.entry.id for r in d.fallback]), summary_json,
             dumps_json(ranked), dumps_json(d.request.to_dict()), _dumps(ranked[0]["id"] if ranked else None)))
-        return policy_json, rest, candidates, by_id
+        return policy_json, rest, entries, by_id
 
 
 def static_failures_of(d: Any) -> Mapping[int, Any]:
@@ -234,9 +234,8 @@ def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[st
                  "duration_ms": a.get("duration_ms")} for n, a in enumerate(rec.attempts, 1)]
     payloads = ([{"trace_id": rec.trace_id, "request": request, "response": response}]
                 if request is not None or response is not None else [])
-    scrubbed = {"decisions": [row], "candidates": candidates, "attempts": attempts,
-                "payloads": payloads}
-    json_cols = {"policy", "decision", "error", "failed_rule", "failed_value"}
+    scrubbed = {"decisions": [row], "attempts": attempts, "payloads": payloads}
+    json_cols = {"policy", "decision", "error"}
     for rows in scrubbed.values():
         for r in rows:  # JSON columns were scrubbed structurally by dumps_json
             texts = [v for k, v in r.items() if isinstance(v, str) and k not in json_cols]
@@ -244,13 +243,24 @@ def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[st
                 for k, v in r.items():
                     if isinstance(v, str) and k not in json_cols:
                         r[k] = scrub(v)
+    entries = [[c[k] for k in CANDIDATE_COLUMNS] for c in candidates]
+    scrubbed["candidate_sets"] = _candidate_sets(rec.trace_id, entries)
     return scrubbed
+
+
+def _candidate_sets(trace_id: str, entries: list[list[Any]]) -> list[dict[str, Any]]:
+    """The `candidates` of one trace as one row: a JSON array of CANDIDATE_COLUMNS arrays
+    (the `candidates` view unpacks it). One row instead of one per catalog entry halves
+    what a trace costs to write."""
+    if not entries:
+        return []
+    return [{"trace_id": trace_id, "entries": dumps_json(entries)}]
 
 
 def _rows_from_decision(rec: TraceRecord, d: Any, parts: DecisionParts, request: str | None,
                         response: str | None) -> dict[str, list[dict[str, Any]]]:
     """record_rows for a live Decision: the same rows, without the dict round trip."""
-    policy_json, rest, candidates, by_id = parts.rows(d, rec.trace_id)
+    policy_json, rest, entries, by_id = parts.rows(d, rec.trace_id)
     won = [a for a in rec.attempts if isinstance(a.get("status"), int) and a["status"] < 400]
     chosen_id = won[-1].get("entry") if won else (d.selected.entry.id if d.order else None)
     chosen = by_id.get(chosen_id) or (won[-1] if won else {})
@@ -283,7 +293,8 @@ def _rows_from_decision(rec: TraceRecord, d: Any, parts: DecisionParts, request:
                     r[k] = scrub(v)
     if _maybe_secret(rest):
         row["decision"] = dumps_json(json.loads(rest))
-    return {"decisions": [row], "candidates": candidates, "attempts": attempts, "payloads": payloads}
+    return {"decisions": [row], "candidate_sets": _candidate_sets(rec.trace_id, entries),
+            "attempts": attempts, "payloads": payloads}
 
 
 def loads_json(text: str | None) -> Any:

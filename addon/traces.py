@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from cachetools import LRUCache
 from sqlite_utils import Database
 
-from routecar.tracerows import (DecisionParts, NO_LOG_REDACTED, REDACTED, dumps_json, loads_json,  # noqa: F401
+from routecar.tracerows import (CANDIDATE_COLUMNS, DecisionParts, NO_LOG_REDACTED, REDACTED, dumps_json, loads_json,  # noqa: F401
                                 rebuild_decision, record_rows, scrub, scrub_obj)
 
 if TYPE_CHECKING:
@@ -117,14 +117,28 @@ def _v3_catalogs(db: Database) -> None:
     db.execute("CREATE TABLE catalogs (version TEXT PRIMARY KEY, entries JSON, ts REAL)")
 
 
+def _v4_candidate_sets(db: Database) -> None:
+    """One row of candidates per trace (a JSON array) behind a `candidates` view with the
+    old columns: writing 19 rows (one per catalog entry) was half of a trace's cost."""
+    cols = ", ".join(CANDIDATE_COLUMNS)
+    db.execute("CREATE TABLE candidate_sets (trace_id TEXT PRIMARY KEY, entries TEXT)")
+    db.execute(f"INSERT INTO candidate_sets SELECT trace_id, json_group_array(json_array({cols})) "
+               f"FROM (SELECT * FROM candidates ORDER BY trace_id, rowid) GROUP BY trace_id")
+    db.execute("DROP TABLE candidates")
+    picks = ", ".join(f"json_extract(j.value, '$[{i}]') AS {c}" for i, c in enumerate(CANDIDATE_COLUMNS))
+    db.execute(f"CREATE VIEW candidates AS SELECT s.trace_id AS trace_id, CAST(j.key AS INTEGER) AS n, "
+               f"{picks} FROM candidate_sets s, json_each(s.entries) j")
+
+
 # Append only: a migration's position is its version number.
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("tables", _v1_tables),
     ("indexes", _v2_indexes),
     ("catalogs", _v3_catalogs),
+    ("candidate_sets", _v4_candidate_sets),
 ]
 
-_CHILDREN = ("candidates", "attempts", "payloads")
+_CHILDREN = ("candidate_sets", "attempts", "payloads")
 
 
 def _catalog_version(decision: Any) -> str | None:
@@ -256,7 +270,7 @@ class TraceStore:
             return None
         trace = rows[0]
         trace["candidates"] = list(self.db.query(
-            "SELECT * FROM candidates WHERE trace_id = ? ORDER BY rowid", [trace_id]))
+            "SELECT * FROM candidates WHERE trace_id = ? ORDER BY n", [trace_id]))
         trace["attempts"] = list(self.db.query(
             "SELECT * FROM attempts WHERE trace_id = ? ORDER BY n", [trace_id]))
         payload = list(self.db.query(

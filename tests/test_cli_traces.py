@@ -206,8 +206,9 @@ def _tamper(db: Path, trace_id: str, sql: str) -> None:
      "WHERE trace_id = ?", 'selected: stored "openai/gpt-5.5", replay "{selected}"'),
     ("UPDATE decisions SET decision = json_set(decision, '$.ranked', json_array()) WHERE trace_id = ?",
      "ranked order: stored [], replay [\"{selected}\""),
-    ("UPDATE candidates SET passed = 1, failed_clause_id = NULL "
-     "WHERE trace_id = ? AND entry_id = 'openai/gpt-5.5'",
+    # candidates are stored one JSON array per trace (columns: see CANDIDATE_COLUMNS)
+    ("UPDATE candidate_sets SET entries = json_set(entries, '$[0][3]', 1, '$[0][5]', NULL) "
+     "WHERE trace_id = ? AND json_extract(entries, '$[0][0]') = 'openai/gpt-5.5'",
      'verdict openai/gpt-5.5: stored "pass", replay "drop (eu-only)"'),
     ("UPDATE decisions SET policy = json_set(policy, '$.no_log', json('true')), "
      "decision = json_set(decision, '$.policy.no_log', json('true')) WHERE trace_id = ?",

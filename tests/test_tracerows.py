@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -9,7 +10,7 @@ from cachetools import LRUCache
 
 from routecar.catalog import load_catalog
 from routecar.policy import RequestProfile, evaluate, parse_policy
-from routecar.tracerows import DecisionParts, record_rows
+from routecar.tracerows import CANDIDATE_COLUMNS, DecisionParts, record_rows
 from routecar.traces import TraceRecord
 
 CAT = load_catalog()
@@ -44,3 +45,37 @@ def test_memo_is_reused_and_still_right_for_a_second_request():
         rec = TraceRecord(trace_id="rt_2", ts=1.0, decision=d)
         assert record_rows(rec, parts) == record_rows(TraceRecord(trace_id="rt_2", ts=1.0, decision=d.to_dict()))
     assert len(parts.memo) == 1
+
+
+def test_v4_migration_keeps_candidates_written_as_rows(tmp_path, monkeypatch):
+    import routecar.traces as traces_mod
+    from routecar.traces import TraceStore
+
+    d = evaluate(parse_policy(POLICIES[0], CAT.registry), CAT, RequestProfile.from_body(BODY))
+    rec = TraceRecord(trace_id="rt_old", ts=1.0, decision=d.to_dict())
+    path = tmp_path / "old.db"
+    all_migrations = traces_mod.MIGRATIONS
+    # A database written before migration 4: one candidates row per entry.
+    monkeypatch.setattr(traces_mod, "MIGRATIONS", all_migrations[:3])
+    monkeypatch.setattr(traces_mod, "_CHILDREN", ("candidates", "attempts", "payloads"))
+    old_rows = record_rows(rec)
+    cols = ("trace_id", *CANDIDATE_COLUMNS)
+    entries = json.loads(old_rows["candidate_sets"][0]["entries"])
+    with TraceStore(path) as store:
+        assert store.schema_version == 3
+        store.db.conn.executemany(f"INSERT INTO candidates ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                                  [("rt_old", *e) for e in entries])
+        store.db.conn.execute("INSERT INTO decisions (trace_id, ts, decision, policy) VALUES (?, ?, ?, ?)",
+                              ("rt_old", 1.0, old_rows["decisions"][0]["decision"], old_rows["decisions"][0]["policy"]))
+        store.db.conn.commit()
+    monkeypatch.setattr(traces_mod, "MIGRATIONS", all_migrations)
+    monkeypatch.setattr(traces_mod, "_CHILDREN", ("candidate_sets", "attempts", "payloads"))
+    with TraceStore(path) as store:
+        assert store.schema_version == 4
+        got = store.get("rt_old")
+        assert [[c[k] for k in ("entry_id", "passed", "failed_clause_id", "rank")] for c in got["candidates"]] \
+            == [[e[0], e[3], e[5], e[9]] for e in entries]
+        # SQLite's JSON keeps 15 significant digits of a REAL
+        costs = [(c["est_cost"], e[10]) for c, e in zip(got["candidates"], entries)]
+        assert all((a is None and b is None) or a == pytest.approx(b, rel=1e-12) for a, b in costs)
+        assert got["decision"]["candidates"] == d.to_dict()["candidates"]
