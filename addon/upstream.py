@@ -1,4 +1,4 @@
-"""Upstream attempts over aiohttp, and the loopback relay that streams the winner.
+"""Upstream attempts over aiohttp; the winner is handed to the loopback relay (relay.py).
 
 "Probe and pipe": the addon tries the ranked entries itself (mitmproxy cannot
 re-send a request within a flow, and its own connect errors are final), so
@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -37,8 +36,6 @@ from .policy import Decision
 MAX_ERROR_BODY = 64 * 1024
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
 MAX_FIRST_EVENT = 256 * 1024     # a first SSE event larger than this is passed on unchecked
-MAX_EVENT_BUFFER = 1024 * 1024   # the relay forwards a partial event rather than buffer more
-TRACE_BODY_LIMIT = 256 * 1024
 RESPONSE_DROP = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection",
                            "keep-alive", "date", "server"})
 # Attempts that say nothing about the entry's health: the request itself was the problem.
@@ -289,201 +286,3 @@ async def _first_event(resp: aiohttp.ClientResponse, timeouts: Timeouts, remaini
         resp.close()
         return Outcome(502, body=bytes(buf[:MAX_ERROR_BODY]), duration_ms=outcome.duration_ms), b""
     return outcome, bytes(buf)
-
-
-# -- the relay ----------------------------------------------------------------------------
-
-@dataclass
-class StreamStats:
-    bytes: int = 0
-    chunks: int = 0
-    error: str | None = None      # set when the stream broke after bytes were sent
-    client_gone: bool = False
-    tail: bytearray = field(default_factory=bytearray)   # last bytes, for the usage chunk
-    captured: bytearray | None = None                   # the body for traces (None with no_log)
-
-
-@dataclass
-class Pending:
-    status: int
-    headers: list[tuple[str, str]]
-    stream: aiohttp.ClientResponse | None
-    body: bytes
-    capture: bool
-    on_done: Callable[[StreamStats], Awaitable[None] | None]
-    expires: float
-
-
-def sse_error_event(message: str) -> bytes:
-    """An in-stream error the OpenAI SDK raises as APIError: never a silent clean end."""
-    err = {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted", "param": None}}
-    return b"data: " + json.dumps(err).encode() + b"\n\n"
-
-
-def _is_sse(headers: Sequence[tuple[str, str]]) -> bool:
-    return any(k.lower() == "content-type" and v.lower().startswith("text/event-stream") for k, v in headers)
-
-
-class Relay:
-    """Loopback HTTP/1.1 server serving prepared responses by one-time token."""
-
-    PREFIX = "/__routecar_relay/"
-
-    def __init__(self, timeouts: Timeouts, clock: Callable[[], float] = time.monotonic,
-                 pending_ttl_s: float = 30.0) -> None:
-        self.timeouts = timeouts
-        self.clock = clock
-        self.pending_ttl_s = pending_ttl_s
-        self._pending: dict[str, Pending] = {}
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        for p in self._pending.values():
-            if p.stream is not None:
-                p.stream.close()
-        self._pending.clear()
-        if self._server is not None:
-            self._server.close()
-            # wait_closed() waits for every connection: close mitmproxy's idle keep-alive
-            # connections first, or shutdown hangs while an app keeps its connection open.
-            for writer in list(self._conns):
-                writer.close()
-            await self._server.wait_closed()
-
-    def register(self, status: int, headers: Sequence[tuple[str, str]], *,
-                 stream: aiohttp.ClientResponse | None = None, body: bytes = b"",
-                 capture: bool, on_done: Callable[[StreamStats], Awaitable[None] | None]) -> str:
-        """Park a response; returns the path mitmproxy must request to get it.
-
-        `body` is sent first, then (if given) the rest of `stream`.
-        """
-        self._expire()
-        token = secrets.token_urlsafe(16)
-        self._pending[token] = Pending(status, list(headers), stream, body, capture, on_done,
-                                       self.clock() + self.pending_ttl_s)
-        return self.PREFIX + token
-
-    def discard(self, path: str) -> None:
-        p = self._pending.pop(path.removeprefix(self.PREFIX), None)
-        if p is not None and p.stream is not None:
-            p.stream.close()
-
-    def _expire(self) -> None:
-        now = self.clock()
-        for token in [t for t, p in self._pending.items() if p.expires < now]:
-            self.discard(self.PREFIX + token)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._conns.add(writer)
-        try:
-            for _ in range(10_000):  # keep-alive: mitmproxy may reuse the connection
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                parts = lines[0].split(" ")
-                path = parts[1] if len(parts) > 1 else ""
-                length = 0
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length" and value.strip().isdigit():
-                        length = int(value.strip())
-                if length:
-                    await reader.readexactly(length)
-                pending = self._pending.pop(path.removeprefix(self.PREFIX), None)
-                if pending is None:
-                    msg = (b'{"error":{"message":"routecar relay: unknown or expired response",'
-                           b'"type":"server_error","code":"relay_expired","param":null}}')
-                    writer.write(b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: application/json\r\n"
-                                 b"content-length: %d\r\n\r\n%s" % (len(msg), msg))
-                    await writer.drain()
-                    continue
-                if not await self._pipe(pending, writer):
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            self._conns.discard(writer)
-            writer.close()
-
-    async def _pipe(self, p: Pending, writer: asyncio.StreamWriter) -> bool:
-        """Send one parked response; False if the connection can't be reused."""
-        stats = StreamStats(captured=bytearray() if p.capture else None)
-        head = [f"HTTP/1.1 {p.status} X"]
-        head += [f"{k}: {v}" for k, v in p.headers]
-        head.append("transfer-encoding: chunked")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-
-        def send(chunk: bytes) -> None:
-            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            stats.bytes += len(chunk)
-            stats.chunks += 1
-            stats.tail = (stats.tail + chunk)[-8192:]
-            if stats.captured is not None and len(stats.captured) < TRACE_BODY_LIMIT:
-                stats.captured += chunk[: TRACE_BODY_LIMIT - len(stats.captured)]
-
-        # A client that hangs up is noticed at the next chunk written to it (drain raises).
-        # Watching the connection for EOF would notice it during a long pause too, but
-        # cost ~1.4 ms CPU per stream in the proxy (measured): not worth it.
-        stream = p.stream
-        try:
-            if p.body:
-                send(p.body)
-                await writer.drain()
-            if stream is not None:
-                clean = await self._pipe_stream(stream, stats, send, writer, sse=_is_sse(p.headers))
-                if clean:
-                    stream.release()   # read to the end: its connection goes back to the pool
-            if stats.client_gone:
-                return False
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            return True
-        except (ConnectionError, OSError):
-            stats.client_gone = True
-            return False
-        finally:
-            if stream is not None:
-                stream.close()
-            done = p.on_done(stats)
-            if asyncio.iscoroutine(done):
-                await done
-
-    async def _pipe_stream(self, stream: aiohttp.ClientResponse, stats: StreamStats,
-                           send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool) -> bool:
-        """Copy the provider's stream; True if it ended cleanly. SSE is forwarded in whole
-        events, so that an error event after a cut is never glued to half an event."""
-        buf = b""
-        while not stats.client_gone:
-            try:
-                async with asyncio.timeout(self.timeouts.stream_idle_s):
-                    chunk = await stream.content.readany()
-            except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                if stats.client_gone:
-                    return False
-                stats.error = ("upstream stream timed out" if isinstance(e, TimeoutError)
-                               else f"upstream stream broke: {type(e).__name__}")
-                # An incomplete event (buf) is dropped: the client gets whole events only.
-                send(sse_error_event(f"routecar: {stats.error} after {stats.bytes} bytes"))
-                return False
-            if not chunk:
-                if buf:
-                    send(buf)
-                return not stats.client_gone
-            if sse:
-                buf += chunk
-                cut = event_end(buf)
-                if not cut and len(buf) < MAX_EVENT_BUFFER:
-                    continue
-                cut = cut or len(buf)
-                chunk, buf = buf[:cut], buf[cut:]
-            send(chunk)
-            await writer.drain()  # a client that hung up raises here
-        return False

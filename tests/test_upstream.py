@@ -24,7 +24,8 @@ from routecar.engine import Engine, check_catalog_providers
 from routecar.health import HealthTracker
 from routecar.providers import load_providers
 from routecar.reloading import ReloadingSource
-from routecar.upstream import Relay, Result, StreamStats, Timeouts, event_end, new_session, try_plan
+from routecar.relay import Relay, StreamStats
+from routecar.upstream import Result, Timeouts, event_end, new_session, try_plan
 from tests.fakes import FakeFleet
 from tests.fakes.config import write_loopback_providers
 

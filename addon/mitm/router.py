@@ -40,7 +40,8 @@ from routecar.tenants import TenantSource, validate_order
 from routecar.traces import TraceRecord, default_traces_path, parse_since
 from routecar.traceproc import ProcessTraceWriter
 from routecar.tracewriter import TraceWriter
-from routecar.upstream import Relay, Result, StreamStats, Timeouts, new_session, try_plan
+from routecar.relay import Relay, StreamStats
+from routecar.upstream import Result, Timeouts, new_session, try_plan
 
 log = logging.getLogger("routecar")
 
