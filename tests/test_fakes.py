@@ -212,7 +212,8 @@ def test_scripted_close_drops_connection(fake: FakeFleet) -> None:
 
 
 def test_scripted_cut_mid_stream(fake: FakeFleet) -> None:
-    fake.set_script("mistral", [{"chunks": 5, "cut_after_chunks": 2}])
+    # chunk_delay: read each chunk before the reset (which may discard unread data)
+    fake.set_script("mistral", [{"chunks": 5, "cut_after_chunks": 2, "chunk_delay": 0.1}])
     got: list[str] = []
     with pytest.raises(openai.APIConnectionError):
         for chunk in client(fake).chat.completions.create(model="m", messages=MESSAGES, stream=True):

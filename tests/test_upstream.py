@@ -312,7 +312,7 @@ def test_stream_opening_with_an_error_event_is_retried(tmp_path):
 
 def test_stream_cut_midway_ends_with_an_error_event(tmp_path):
     async def t(h: Harness) -> None:
-        h.fleet.set_script("mistral", [{"chunks": 5, "cut_after_chunks": 2}])
+        h.fleet.set_script("mistral", [{"chunks": 5, "cut_after_chunks": 2, "chunk_delay": 0.1}])
         res = await h.route(EU, body=STREAM)
         assert res.stream is not None
         done: list[StreamStats] = []

@@ -185,7 +185,9 @@ def test_stream_fallback_before_first_byte_then_chunk_by_chunk(sidecar, fake):
 
 def test_stream_cut_after_bytes_raises_in_the_sdk(sidecar, fake):
     side = sidecar()
-    fake.set_script("mistral", [{"chunks": 5, "cut_after_chunks": 2}])
+    # chunk_delay: the chunks before the cut are read before the connection is reset
+    # (a reset may discard data the reader has not taken yet).
+    fake.set_script("mistral", [{"chunks": 5, "cut_after_chunks": 3, "chunk_delay": 0.2}])
     s = stream(side)
     text = ""
     with pytest.raises(openai.APIError) as ei:

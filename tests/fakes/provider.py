@@ -357,10 +357,10 @@ class FakeProvider:
 
         await send({"role": "assistant", "content": ""}, None)
         for i, piece in enumerate(_split(content, int(rule.get("chunks", 3)))):
+            if chunk_delay:  # before the cut too: what was sent gets read before the reset
+                await asyncio.sleep(chunk_delay)
             if cut_after is not None and i >= int(cut_after):
                 return self._abort(request)
-            if chunk_delay:
-                await asyncio.sleep(chunk_delay)
             await send({"content": piece}, None)
         if cut_after is not None and int(cut_after) <= 0:
             return self._abort(request)
