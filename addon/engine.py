@@ -23,7 +23,7 @@ from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
 from .providers import STRIP_HEADERS, Providers
 from .reloading import ReloadingSource
-from .tenant_rules import RuleSet, check_tenants, compile_policy
+from .tenant_rules import RuleSet, compile_policy, require_compiles
 from .tenants import Tenant, TenantSource, identify
 
 POLICY_HEADER = "x-route-policy"
@@ -99,11 +99,11 @@ class Engine:
         if self.default_tenant and self.tenants and self.tenants.current().get(self.default_tenant) is None:
             raise ConfigError(f"default tenant {self.default_tenant!r} is not in {self.tenants.label}")
         if self.tenants is not None and self.rules is not None:
-            # A tenant whose attributes do not fit a rule fails the start, not its first request.
-            problems = check_tenants(self.tenants.current(), self.rules, self.catalog.registry)
-            if problems:
-                raise ConfigError(f"{self.tenants.label}: {len(problems)} tenant(s) do not compile: "
-                                  + "; ".join(e.message for e in problems))
+            # A tenant whose attributes do not fit a rule fails the start, not its first
+            # request; after a reload it keeps the last good table in service.
+            tenants, rules = self.tenants, self.rules
+            tenants.check = lambda table: require_compiles(table, rules, self.catalog.registry, tenants.label)
+            tenants.check(tenants.current())
 
     @property
     def catalog(self) -> Catalog:

@@ -383,6 +383,15 @@ def compile_policy(tenant: Tenant, rules: RuleSet, registry: FieldRegistry | Non
                                 tenant=tenant.id, errors=e.errors) from e
 
 
+def require_compiles(tenants: Iterable[Tenant], rules: RuleSet, registry: FieldRegistry | None,
+                     label: str) -> None:
+    """Raise one ConfigError naming every tenant of the table whose policy does not compile."""
+    problems = check_tenants(tenants, rules, registry)
+    if problems:
+        raise ConfigError(f"{label}: {len(problems)} tenant(s) do not compile: "
+                          + "; ".join(e.message for e in problems))
+
+
 def check_tenants(tenants: Iterable[Tenant], rules: RuleSet,
                   registry: FieldRegistry | None = None) -> list[ConfigError]:
     """Compile every tenant once (e.g. at start or in `routecar check`); return the failures."""

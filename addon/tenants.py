@@ -345,7 +345,15 @@ class TenantSource(ReloadingSource[TenantTable]):
     def __init__(self, source: str | os.PathLike[str], *, clock: Callable[[], float],
                  ttl_s: float = 2.0) -> None:
         self._spec = parse_source(str(source))
-        super().__init__(str(source), load_tenants, clock, ttl_s, url_ttl_s=ttl_s, label=self._spec.label)
+        # Set by the engine: a new table is only put in service if every tenant compiles.
+        self.check: Callable[[TenantTable], None] | None = None
+        super().__init__(str(source), self._load, clock, ttl_s, url_ttl_s=ttl_s, label=self._spec.label)
+
+    def _load(self, source: str) -> TenantTable:
+        table = load_tenants(source)
+        if self.check is not None:
+            self.check(table)
+        return table
 
     def stamp(self) -> Any:
         return source_signature(self._spec)

@@ -425,3 +425,17 @@ def test_reload_between_identify_and_compile_does_not_pin_a_stale_policy(make_en
     engine.tenants, engine.rules = Flipping(), load_rules(RULES)
     assert selected(engine, {"x-tenant-id": "t"}) == "mistral/mistral-small-3"   # v1's tenant
     assert selected(engine, {"x-tenant-id": "t"}) == "openai/gpt-5.5-nano"       # v2's tenant
+
+
+def test_reloaded_table_with_a_tenant_that_cannot_compile_keeps_the_last_good_one(tmp_path, make_engine):
+    path = tmp_path / "tenants.yaml"
+    path.write_text("tenants:\n  - {id: eu, region: eu}\n")
+    clock = Clock()
+    engine = make_engine(tenants=path, clock=clock)
+    assert selected(engine, {"x-tenant-id": "eu"}) == "mistral/mistral-small-3"
+    path.write_text("tenants:\n  - {id: eu, region: us}\n  - {id: vip, quality_floor: high}\n")
+    clock.t += 5
+    # The new table is refused as a whole: 'eu' still routes by the last good one.
+    assert selected(engine, {"x-tenant-id": "eu"}) == "mistral/mistral-small-3"
+    assert "1 tenant(s) do not compile" in engine.tenants.last_error
+    assert "keeping tenant table" in engine.tenants.last_error
