@@ -237,12 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["proxyauth"] = args.proxyauth
     if args.save:
         options["save_stream_file"] = args.save
-    proxy = f"http://{host}:{port}"
+    # How to point an app at it is logged once the port is bound (see Router.running).
     print(f"routecar: CA certificate {ca}\n"
-          f"routecar: trust bundle (public roots + CA) {bundle}\n"
-          f"routecar: regular mode: eval \"$(routecar env --proxy {proxy})\"; "
-          f"reverse mode: point the app's base URL at http://{host}:{port}/v1\n"
-          f"routecar: dry-run: curl -x {proxy} http://routecar.local/x/fields", file=sys.stderr, flush=True)
+          f"routecar: trust bundle (public roots + CA) {bundle}", file=sys.stderr, flush=True)
     return run_lean([Router()], listen_host=host, listen_port=int(port), mode=[args.mode],
                     confdir=str(cdir), options=options, web=args.web, set_specs=args.set)
 

@@ -217,6 +217,23 @@ class Router:
                  self.engine.catalog.version if self.engine else "?",
                  len(self.engine.catalog.entries) if self.engine else 0,
                  self.writer.store_path if self.writer else "off")
+        self._log_how_to_use()
+
+    def _log_how_to_use(self) -> None:
+        """Where the app should point, with the port actually bound (also for port 0)."""
+        server = ctx.master.addons.get("proxyserver")
+        addrs = server.listen_addrs() if server is not None else []
+        if not addrs:
+            return
+        host, port = addrs[0][0], addrs[0][1]
+        host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        url = f"http://{host}:{port}"
+        if any(m.startswith("reverse") for m in ctx.options.mode):
+            log.info("routecar: reverse mode: point the app's base URL at %s/v1; dry-run: curl %s/x/fields",
+                     url, url)
+        else:
+            log.info('routecar: regular mode: eval "$(routecar env --proxy %s)" in the app\'s shell; '
+                     "dry-run: curl -x %s http://routecar.local/x/fields", url, url)
 
     async def done(self) -> None:
         if self.writer is not None:
