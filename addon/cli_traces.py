@@ -90,8 +90,8 @@ def cmd_traces(args: argparse.Namespace) -> int:
         return 0
     t = Table("time", "trace id", "tenant", "policy", "chosen entry", "status", "att.",
               "latency ms", "est. cost", title=f"{len(rows)} trace(s), newest first")
-    for col in (1, 4):  # ids are what one copies into `routecar explain`: never wrap them
-        t.columns[col].no_wrap = True
+    for n in (1, 4):  # ids are what one copies into `routecar explain`: never wrap them
+        t.columns[n].no_wrap = True
     for r in rows:
         flags = "".join(f" {f}" for f in ("no_log", "stream") if r.get(f))
         status = f"{r['status'] if r['status'] is not None else '-'} {r['outcome']}{flags}"
@@ -212,7 +212,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     c.print(f"[bold]trace[/] {trace['trace_id']}  {_when(trace['ts'])}  mode={trace['mode'] or '-'}  "
             f"tenant={trace['tenant'] or '-'}  requested model={trace['requested_model'] or '-'}")
     if decision is not None:
-        regions = {r.get("id"): r.get("region") for r in catalog_rows or []}
+        regions = {str(r.get("id")): str(r.get("region")) for r in catalog_rows or []}
         render_decision(decision, trace["tenant"], regions=regions, console=c)
     else:
         c.print(f"[bold]policy[/] {trace['fingerprint'] or '-'}: no decision was made")
@@ -260,7 +260,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     policy = compile_policy(tenant, rules, load_catalog(args.catalog).registry)
     matched = rules.matching(tenant)
-    origin = {
+    origin: dict[str, Any] = {
         "no_log": [f"rule:{r.id}" for r in matched if r.no_log],
         "rank": next((f"rule:{r.id}" for r in reversed(matched) if r.rank is not None), None),
         "fallback": next((f"rule:{r.id}" for r in reversed(matched) if r.fallback is not None), None),

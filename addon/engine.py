@@ -164,10 +164,7 @@ class Engine:
         req_pol = cache.parse(raw) if raw else None
         tenant, method = self.find_tenant(headers, body, proxy_user)
         ten_pol = self.tenant_policy(tenant) if tenant else None
-        if ten_pol and req_pol:
-            policy = cache.combine(ten_pol, req_pol)
-        else:
-            policy = ten_pol or req_pol
+        policy = cache.conjunction(ten_pol, req_pol)
         if policy is None:
             if not self.default_policy:
                 return None
@@ -239,10 +236,7 @@ class Engine:
             if tenant is None:
                 raise UnknownTenant(str(tenant_id), "rank request")
             ten_pol = self.tenant_policy(tenant)
-        if ten_pol and req_pol:
-            policy = cache.combine(ten_pol, req_pol)
-        else:
-            policy = ten_pol or req_pol
+        policy = cache.conjunction(ten_pol, req_pol)
         if policy is None:
             raise InvalidPolicy([{"path": "$", "message": "give 'policy' and/or 'tenant'"}])
         return evaluate(policy, self.catalog, RequestProfile.from_body(req_body), self.health)

@@ -300,7 +300,8 @@ def _parse_rule(raw: Any, n: int) -> TenantRule:
     fallback = add.get("fallback")
     if fallback is not None:
         attempts = fallback.get("max_attempts") if isinstance(fallback, Mapping) else None
-        if set(fallback or ()) != {"max_attempts"} or not _num(attempts) or attempts != int(attempts) or attempts < 1:
+        if (set(fallback or ()) != {"max_attempts"} or not _num(attempts)
+                or attempts != int(attempts) or attempts < 1):  # type: ignore[arg-type,operator]
             raise fail(f"add.fallback: expected {{max_attempts: <integer >= 1>}}, got {json.dumps(fallback)}")
     return TenantRule(id=rid, when=when, clauses=tuple(clauses), no_log=no_log,
                       rank=tuple(rank) if rank is not None else None,

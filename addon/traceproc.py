@@ -153,8 +153,8 @@ class ProcessTraceWriter:
     def stats(self) -> dict[str, Any]:
         """The child's counters (published every ~0.2 s) plus what never reached it."""
         with self._shared.get_lock():
-            raw = self._shared.value
-        child = json.loads(raw) if raw else {"queued": 0, "written": 0, "dropped": 0, "errors": 0,
+            raw = self._shared.value  # type: ignore[attr-defined]  # a 'c' array has .value
+        child: dict[str, Any] = json.loads(raw) if raw else {"queued": 0, "written": 0, "dropped": 0, "errors": 0,
                                              "last_error": None, "last_write_ts": None}
         with self._lock:
             child["dropped"] += self._dropped

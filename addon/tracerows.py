@@ -132,7 +132,7 @@ class DecisionParts:
     def __init__(self, memo: MutableMapping[Any, Any]) -> None:
         self.memo = memo
 
-    def _static(self, d: Any) -> tuple[str | None, str, dict[int, tuple[Any, ...]]]:
+    def _static(self, d: Any) -> tuple[str | None, str | None, dict[int, tuple[Any, ...]]]:
         key = (d.policy.identity, d.catalog.version)
         hit = self.memo.get(key)
         if hit is None:
@@ -140,7 +140,7 @@ class DecisionParts:
             summary = {k: v for k, v in d.policy.summary().items() if k != "canonical"}
             fails = {i: self._failure(f) for i, f in static_failures(d.policy, d.catalog).items()}
             hit = self.memo[key] = (dumps_json(d.policy.canonical), dumps_json(summary), fails)
-        return hit
+        return hit  # type: ignore[no-any-return]  # (the memo holds what this method stored)
 
     @staticmethod
     def _failure(f: Any) -> tuple[Any, ...]:
@@ -192,7 +192,7 @@ def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[st
     by_id = {c.get("id"): c for c in [*(d.get("candidates") or []), *ranked]}
     won = [a for a in rec.attempts if isinstance(a.get("status"), int) and a["status"] < 400]
     chosen_id = won[-1].get("entry") if won else d.get("selected")
-    chosen = by_id.get(chosen_id) or (won[-1] if won else {})
+    chosen = by_id.get(chosen_id or "") or (won[-1] if won else {})
     usage = rec.usage or {}
     rest = {k: v for k, v in d.items() if k != "candidates"}
     if "policy" in rest:
@@ -210,7 +210,7 @@ def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[st
         "latency_ms": rec.latency_ms, "ttfb_ms": rec.ttfb_ms,
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
-        "est_cost": by_id.get(chosen_id, {}).get("est_cost"), "actual_cost": rec.actual_cost,
+        "est_cost": by_id.get(chosen_id or "", {}).get("est_cost"), "actual_cost": rec.actual_cost,
         "attempts_count": len(rec.attempts), "no_log": int(rec.no_log),
         "stream": int(rec.stream), "mode": rec.mode,
         "decision": dumps_json(rest) if decision is not None else None,
@@ -263,7 +263,7 @@ def _rows_from_decision(rec: TraceRecord, d: Any, parts: DecisionParts, request:
     policy_json, rest, entries, by_id = parts.rows(d, rec.trace_id)
     won = [a for a in rec.attempts if isinstance(a.get("status"), int) and a["status"] < 400]
     chosen_id = won[-1].get("entry") if won else (d.selected.entry.id if d.order else None)
-    chosen = by_id.get(chosen_id) or (won[-1] if won else {})
+    chosen = by_id.get(chosen_id or "") or (won[-1] if won else {})
     usage = rec.usage or {}
     if rec.no_log:
         request = response = None
@@ -274,7 +274,7 @@ def _rows_from_decision(rec: TraceRecord, d: Any, parts: DecisionParts, request:
         "chosen_entry": chosen_id, "chosen_model": chosen.get("model"), "chosen_provider": chosen.get("provider"),
         "status": rec.status, "outcome": rec.outcome, "latency_ms": rec.latency_ms, "ttfb_ms": rec.ttfb_ms,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-        "est_cost": by_id.get(chosen_id, {}).get("est_cost"), "actual_cost": rec.actual_cost,
+        "est_cost": by_id.get(chosen_id or "", {}).get("est_cost"), "actual_cost": rec.actual_cost,
         "attempts_count": len(rec.attempts), "no_log": int(rec.no_log), "stream": int(rec.stream),
         "mode": rec.mode, "decision": rest, "error": dumps_json(rec.error),
     }

@@ -85,7 +85,7 @@ def default_traces_path(env: Mapping[str, str]) -> Path:
 # --- schema ---------------------------------------------------------------
 
 def _v1_tables(db: Database) -> None:
-    db["decisions"].create({
+    db.table("decisions").create({
         "trace_id": str, "ts": float, "tenant": str, "fingerprint": str, "digest": str,
         "policy": str, "catalog_version": str, "requested_model": str, "chosen_entry": str,
         "chosen_model": str, "chosen_provider": str, "status": int, "outcome": str,
@@ -94,23 +94,23 @@ def _v1_tables(db: Database) -> None:
         "attempts_count": int, "no_log": int, "stream": int, "mode": str,
         "decision": str, "error": str,
     }, pk="trace_id")
-    db["candidates"].create({
+    db.table("candidates").create({
         "trace_id": str, "entry_id": str, "provider": str, "model": str, "passed": int,
         "failed_index": int, "failed_clause_id": str, "failed_rule": str,
         "failed_field": str, "failed_value": str, "rank": int, "est_cost": float,
     })
-    db["attempts"].create({
+    db.table("attempts").create({
         "trace_id": str, "n": int, "entry_id": str, "provider": str, "model": str,
         "status": int, "error_class": str, "duration_ms": float,
     }, pk=("trace_id", "n"))
-    db["payloads"].create({"trace_id": str, "request": str, "response": str}, pk="trace_id")
+    db.table("payloads").create({"trace_id": str, "request": str, "response": str}, pk="trace_id")
 
 
 def _v2_indexes(db: Database) -> None:
-    db["decisions"].create_index(["ts"])
-    db["decisions"].create_index(["tenant", "ts"])
-    db["decisions"].create_index(["fingerprint", "ts"])
-    db["candidates"].create_index(["trace_id"])
+    db.table("decisions").create_index(["ts"])
+    db.table("decisions").create_index(["tenant", "ts"])
+    db.table("decisions").create_index(["fingerprint", "ts"])
+    db.table("candidates").create_index(["trace_id"])
 
 
 def _v3_catalogs(db: Database) -> None:

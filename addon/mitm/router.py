@@ -267,18 +267,20 @@ class Router:
         # (Read the raw fields: Headers.items() looks every name up again, O(n²).)
         state.headers = {k.decode("utf-8", "surrogateescape").lower(): v.decode("utf-8", "surrogateescape")
                          for k, v in req.headers.fields}
+        engine = self.engine
+        assert engine is not None  # request() returns early until configure built it
         try:
-            body = parse_body(req.get_content(strict=False), self.engine.max_body)
+            body = parse_body(req.get_content(strict=False), engine.max_body)
             model = body.get("model")
             state.requested_model = model if isinstance(model, str) else None
             proxy_user = (flow.metadata.get("proxyauth") or (None,))[0]
-            state.resolved = self.engine.resolve(state.headers, body, proxy_user)
+            state.resolved = engine.resolve(state.headers, body, proxy_user)
             if state.resolved is None:
                 self.passed += 1
                 return  # no policy, no tenant, no default: untouched
             flow.metadata[META] = state
             state.request_body = None if state.no_log else req.raw_content
-            state.decision = self.engine.decide(state.resolved.policy, body, state.resolved.tenant)
+            state.decision = engine.decide(state.resolved.policy, body, state.resolved.tenant)
         except RoutecarError as e:
             self._respond_error(flow, state, e)
             return
@@ -286,7 +288,7 @@ class Router:
             self._scrub_flow_request(flow, state)
         self.routed += 1
         assert self.session is not None and self.relay is not None
-        state.result = result = await try_plan(self.session, self.engine, state.decision, body,
+        state.result = result = await try_plan(self.session, engine, state.decision, body,
                                                state.headers, timeouts=self.timeouts)
         flow.comment = self._summary(state)  # what mitmweb shows for the flow
         if result.status >= 400:

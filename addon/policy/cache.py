@@ -54,6 +54,12 @@ class PolicyCache:
             hit = self._combined[key] = self._dedupe(combine(tenant, request, self.registry))
         return hit
 
+    def conjunction(self, tenant: Policy | None, request: Policy | None) -> Policy | None:
+        """The policy in force: both combined, either alone, or None."""
+        if tenant is not None and request is not None:
+            return self.combine(tenant, request)
+        return tenant or request
+
     def _dedupe(self, policy: Policy) -> Policy:
         # Same digest *and* same spelling of ids/origins/rules: traces must show the
         # clauses as this policy wrote them, not as an equal policy seen earlier did.

@@ -179,7 +179,8 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
         return hit
     static = policy.static_clauses
     reg = catalog.registry
-    composed = all(d == "asc" or f in DYNAMIC_FIELDS or (reg.get(f) is not None and reg.get(f).type != "string")
+    # One composed key works unless a descending key is a string (those cannot be negated).
+    composed = all(d == "asc" or f in DYNAMIC_FIELDS or getattr(reg.get(f), "type", "string") != "string"
                    for d, f in policy.rank)
     dyn = [n for n, (_, f) in enumerate(policy.rank) if f in DYNAMIC_FIELDS]
     cost_at = dyn[0] if composed and len(dyn) == 1 and policy.rank[dyn[0]][1] == "est_cost" else None
@@ -254,7 +255,7 @@ class Decision:
         static = _static(self.policy, self.catalog).failures
         # A cached static failure is the first failure unless a per-request clause comes before it.
         first_dynamic = min((c.index for c in self.policy.dynamic_clauses), default=1 << 30)
-        out = []
+        out: list[tuple[CatalogEntry, Failure | None]] = []
         for i, (entry, base) in enumerate(zip(self.catalog.entries, self.catalog.rows)):
             if i in passed:
                 out.append((entry, None))
