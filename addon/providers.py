@@ -3,7 +3,8 @@
 `policies/providers.yaml` maps each provider to its OpenAI-compatible base URL,
 its auth style (`bearer` -> `Authorization: Bearer KEY`, `api-key` -> `api-key: KEY`)
 and the environment variable holding the operator's key. The hosts routecar
-intercepts are the providers' own hosts plus any listed under `hosts:`.
+intercepts are, per provider, its `hosts:` (what apps call) or else its base URL's
+host, plus the top-level `hosts:` list.
 """
 
 from __future__ import annotations
@@ -120,8 +121,9 @@ def parse_providers(data: Any, source: str = "<memory>") -> Providers:
         raise ConfigError(f"{source}: invalid providers file:\n  " + "\n  ".join(problems))
     hosts = {h.lower() for h in extra_hosts if isinstance(h, str)}
     for p in by_name.values():
-        hosts.add(p.host.lower())
-        hosts.update(h.lower() for h in p.spec.hosts)
+        # `hosts:` lists what apps call (e.g. api.openai.com while base_url points at a
+        # gateway or a loopback fake); without it, the base URL's host is what they call.
+        hosts.update(h.lower() for h in (p.spec.hosts or (p.host,)))
     return Providers(by_name, frozenset(hosts))
 
 

@@ -24,8 +24,10 @@ def test_intercept_hosts() -> None:
     ps = parse_providers({"providers": {
         "a": {"base_url": "https://API.a.com/v1/", "key_env": "A_KEY", "hosts": ["Alt.A.com"]},
         "b": {"base_url": "http://127.0.0.1:8080", "key_env": "B_KEY"}}, "hosts": ["extra.example"]})
-    assert ps.intercept_hosts == {"api.a.com", "alt.a.com", "127.0.0.1", "extra.example"}
-    assert ps.is_provider_host("API.A.COM.") and not ps.is_provider_host("example.com")
+    # `hosts:` replaces the base URL's host (apps call Alt.A.com; routecar sends to API.a.com)
+    assert ps.intercept_hosts == {"alt.a.com", "127.0.0.1", "extra.example"}
+    assert ps.is_provider_host("ALT.A.COM.") and not ps.is_provider_host("api.a.com")
+    assert not ps.is_provider_host("example.com")
     assert ps.get("a").spec.base_url == "https://API.a.com/v1" and ps.get("b").port == 8080
 
 
