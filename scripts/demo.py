@@ -73,7 +73,7 @@ def wait_for_traces(db: Path, ids: list[str], timeout: float = 10.0) -> dict[str
 
 
 def main() -> int:
-    console = Console(width=max(120, Console().width))
+    console = Console(width=max(150, Console().width))
     work = Path(tempfile.mkdtemp(prefix="routecar-demo-"))
     fleet: FakeFleet | None = None
     proxy: ProxyProcess | None = None
