@@ -18,7 +18,8 @@ from typing import Any
 from cachetools import LRUCache
 
 from .catalog import Catalog, CatalogEntry
-from .errors import BadRequest, ConfigError, InvalidPolicy, NoCandidate, RoutecarError, UnknownTenant
+from .errors import (BadRequest, ConfigError, InvalidPolicy, NoCandidate, PayloadTooLarge, RoutecarError,
+                     UnknownTenant)
 from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
 from .providers import STRIP_HEADERS, Providers
@@ -54,7 +55,7 @@ def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
     if raw is None or not raw:
         raise BadRequest("request body is empty: expected a JSON chat completion request")
     if len(raw) > max_body:
-        raise BadRequest(f"request body larger than {max_body} bytes")
+        raise PayloadTooLarge(f"request body larger than {max_body} bytes (routecar_max_body)")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as e:

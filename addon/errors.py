@@ -6,7 +6,8 @@
     ├── InvalidPolicy                  400 invalid_policy   (.errors: list of {path, message})
     ├── NoCandidate                    400 no_candidate     (.dropped: why each entry was dropped)
     ├── UnknownTenant                  403 unknown_tenant
-    ├── BadRequest                     400 invalid_request  (malformed or oversized body/header)
+    ├── BadRequest                     400 invalid_request  (malformed body)
+    │   └── PayloadTooLarge            413 request_too_large
     ├── MissingProviderKey             500 provider_key_missing (names the env var, never the key)
     └── UpstreamFailed                 502 upstream_failed  (.attempts: each attempt's outcome)
 
@@ -104,6 +105,11 @@ class BadRequest(RoutecarError):
     status = 400
     code = "invalid_request"
     type = "invalid_request_error"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    code = "request_too_large"
 
 
 class MissingProviderKey(RoutecarError):

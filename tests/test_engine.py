@@ -319,8 +319,9 @@ def test_parse_body_errors(raw, message):
 
 
 def test_parse_body_size_limit():
-    with pytest.raises(BadRequest, match="larger than 10 bytes"):
+    with pytest.raises(BadRequest, match="larger than 10 bytes") as ei:
         parse_body(b'{"model": "xxxxxxxx"}', max_body=10)
+    assert (ei.value.status, ei.value.code) == (413, "request_too_large")
 
 
 # -- dry-run endpoints ------------------------------------------------------------------------
