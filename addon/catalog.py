@@ -18,9 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field as PField, ValidationError, field_validator
 
 from .errors import CatalogError
+from .shipped import POLICIES
 from .fields import CORE_FIELDS, Field, FieldRegistry, infer_type
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "policies" / "catalog.yaml"
+DEFAULT_CATALOG = POLICIES / "catalog.yaml"
 MAX_CATALOG_BYTES = 16 * 1024 * 1024
 
 

@@ -28,6 +28,7 @@ from .catalog import DEFAULT_CATALOG, load_catalog
 from .errors import InvalidPolicy, RoutecarError
 from .policy import Decision, parse_policy
 from .providers import DEFAULT_PROVIDERS
+from .shipped import POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_REQUEST = {"messages": [{"role": "user", "content": "Summarise our Q3 churn numbers in 3 bullets."}]}
@@ -274,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def tenant_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--tenants", default=None, help="tenant table (yaml, csv, sqlite:///db?table=t)")
-        sp.add_argument("--rules", default=str(ROOT / "policies" / "rules.yaml"), help="compile rules")
+        sp.add_argument("--rules", default=str(POLICIES / "rules.yaml"), help="compile rules")
 
     sp = command("run", cmd_run, "run the sidecar proxy")
     sp.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")

@@ -24,12 +24,13 @@ from rich.console import Console
 from rich.table import Table
 
 from .catalog import load_catalog, parse_catalog
-from .cli import ROOT, CliError, render_decision
+from .cli import CliError, render_decision
 from .errors import RoutecarError
+from .shipped import POLICIES
 from .policy import RequestProfile, evaluate, parse_policy
 from .traces import TraceStore, default_traces_path, parse_since
 
-DEFAULT_TENANTS = ROOT / "policies" / "tenants.yaml"
+DEFAULT_TENANTS = POLICIES / "tenants.yaml"
 HEALTH_NOTE = "replay assumes every entry healthy (health at request time is not stored)"
 
 

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .catalog import decode_yaml_or_json, read_source
 from .errors import ConfigError, MissingProviderKey
+from .shipped import POLICIES
 
-DEFAULT_PROVIDERS = Path(__file__).resolve().parent.parent / "policies" / "providers.yaml"
+DEFAULT_PROVIDERS = POLICIES / "providers.yaml"
 
 
 class ProviderSpec(BaseModel):
