@@ -66,10 +66,14 @@ def print_policy_errors(err: InvalidPolicy) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a policy: print its fingerprint and canonical form, or every error with its path.
+    Without a policy, check the configuration the sidecar would start with instead.
 
     Example: routecar check policies/examples/free-tier.json
              echo '{"rules":[["eq","region","eu"]]}' | routecar check -
+             routecar check --tenants policies/tenants.yaml      # catalog, providers, every tenant
     """
+    if args.policy is None:
+        return check_config(args)
     catalog = load_catalog(args.catalog)
     try:
         policy = parse_policy(read_json_arg(args.policy, "policy"), catalog.registry)
@@ -86,6 +90,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(f"{policy.fingerprint}  (sha256 {policy.digest})")
         print(json.dumps(policy.canonical, indent=2))
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """Load what `routecar run` would load, the same way, and say what is wrong (exit 2) or OK."""
+    from .engine import Engine, check_catalog_providers
+    from .health import HealthTracker
+    from .reloading import ReloadingSource
+    providers = _providers(args)
+    source = ReloadingSource(args.catalog, lambda s: check_catalog_providers(load_catalog(s), providers),
+                             lambda: 0.0)
+    engine = Engine(source, providers, os.environ, HealthTracker(lambda: 0.0), **_tenant_kwargs(args))
+    cat = engine.catalog
+    print(f"catalog   {cat.source}: {len(cat.entries)} entries, {len(cat.providers())} providers, {cat.version}")
+    print(f"providers {args.providers}: {len(providers.by_name)} (intercepting {len(providers.intercept_hosts)} hosts)")
+    missing = sorted({providers.by_name[p].spec.key_env for p in cat.providers()
+                      if not os.environ.get(providers.by_name[p].spec.key_env)})
+    if missing:
+        print(f"keys      not set here: {', '.join(missing)} (calls to those providers answer 500 "
+              f"provider_key_missing)")
+    if engine.tenants is not None:
+        table = engine.tenants.current()
+        print(f"tenants   {engine.tenants.label}: {len(table.ids())} tenant(s), every one compiles "
+              f"with {args.rules}")
+    print("ok")
     return 0
 
 
@@ -297,10 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--proxy", default="http://127.0.0.1:8080")
     sp.add_argument("--shell", default="sh", choices=["sh", "fish"])
 
-    sp = command("check", cmd_check, "validate a policy, print fingerprint + canonical form")
-    sp.add_argument("policy", help="policy file, '-' for stdin, or inline JSON")
+    sp = command("check", cmd_check, "validate a policy (or, without one, the sidecar's configuration)")
+    sp.add_argument("policy", nargs="?", help="policy file, '-' for stdin, or inline JSON")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--providers", default=str(DEFAULT_PROVIDERS))
     catalog_opts(sp)
+    tenant_opts(sp)
 
     sp = command("fields", cmd_fields, "list rule fields")
     sp.add_argument("--json", action="store_true")

@@ -114,3 +114,26 @@ def test_env_prints_exports_with_a_combined_bundle(capsys, tmp_path, monkeypatch
     assert bundle.read_text().count("BEGIN CERTIFICATE") > 10  # public roots + routecar's CA
     assert ca.read_text().strip() in bundle.read_text()
     assert lines["REQUESTS_CA_BUNDLE"] == lines["CURL_CA_BUNDLE"] == str(bundle)
+
+
+def test_check_without_a_policy_checks_the_configuration(capsys, monkeypatch):
+    monkeypatch.setenv("MISTRAL_API_KEY", "k")
+    code, out, _ = run(capsys, "check", "--tenants", str(ROOT / "policies" / "tenants.yaml"))
+    assert code == 0
+    assert "19 entries, 8 providers" in out and "6 tenant(s), every one compiles" in out
+    assert "OPENAI_API_KEY" in out and "MISTRAL_API_KEY" not in out  # which keys this shell lacks
+    assert out.rstrip().endswith("ok")
+
+
+@pytest.mark.parametrize("file,content,message", [
+    ("tenants", "tenants:\n  - {id: a, quality_floor: high}\n", "1 tenant(s) do not compile"),
+    ("catalog", "entries:\n  - {id: x, model: m, provider: nowhere, region: eu, bench_intelligence: 0.5, "
+                "price_in: 1, price_out: 1, context_window: 1000, max_output: 100}\n",
+     "catalog uses provider(s) not in providers.yaml: nowhere"),
+])
+def test_check_configuration_errors_exit_2(capsys, tmp_path, file, content, message):
+    path = tmp_path / f"{file}.yaml"
+    path.write_text(content)
+    code, _, err = run(capsys, "check", f"--{file}", str(path))
+    assert code == 2
+    assert message in err and "Traceback" not in err
