@@ -194,9 +194,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     Example: routecar explain rt_18f3a2b4c5d6e7f8a9b0
              routecar explain rt_18f3a2b4c5d6e7f8a9b0 --json --db ./traces.db
+             routecar explain rt_18f3a2b4      # a unique prefix is enough
     """
     with open_store(args.db) as store:
         trace = store.get(args.trace_id)
+        if trace is None:
+            matches = [r[0] for r in store.db.execute(
+                "SELECT trace_id FROM decisions WHERE trace_id LIKE ? ESCAPE '\\' LIMIT 3",
+                [args.trace_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"])]
+            if len(matches) > 1:
+                raise CliError(f"{args.trace_id!r} matches several traces ({', '.join(matches[:2])}, ...): "
+                               f"give more of the id")
+            trace = store.get(matches[0]) if matches else None
         if trace is None:
             raise CliError(f"no trace {args.trace_id!r} in {store.path}")
         version = trace["catalog_version"]

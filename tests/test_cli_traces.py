@@ -311,3 +311,14 @@ def test_help_has_an_example(capsys, command):
         main([command, "--help"])
     assert e.value.code == 0
     assert f"Example: routecar {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("prefix,code,expect", [
+    ("rt_e", 0, "trace rt_eu"),                 # unique prefix
+    ("rt_", 2, "matches several traces"),       # ambiguous
+    ("rt%", 2, "no trace 'rt%'"),               # LIKE wildcards are literal
+])
+def test_explain_accepts_a_unique_prefix(capsys, db, prefix, code, expect):
+    got, out, err = run(capsys, "explain", prefix, "--db", str(db))
+    assert got == code
+    assert expect in (out if code == 0 else err)
