@@ -13,6 +13,7 @@ Accounting: every submitted record ends up in exactly one of `queued`,
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from routecar.traces import TraceRecord, TraceStore
+
+log = logging.getLogger("routecar.traces")
 
 
 class TraceWriter:
@@ -71,7 +74,11 @@ class TraceWriter:
                 except queue.Full:
                     pass
             self._dropped += 1
-            return False
+            dropped = self._dropped
+        if dropped == 1 or dropped % 1000 == 0:  # say so, without a line per request
+            log.warning("routecar: trace queue full or closed: %d trace(s) dropped so far "
+                        "(requests are still served)", dropped)
+        return False
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record submitted so far is written or dropped."""
@@ -192,4 +199,8 @@ class TraceWriter:
         self._close_store()  # reopen on the next batch
         with self._lock:
             self._errors += 1
-            self._last_error = f"{type(e).__name__}: {e}"
+            message = f"{type(e).__name__}: {e}"
+            repeated, self._last_error = message == self._last_error, message
+        if not repeated:  # a failing disk logs once per distinct error, not once per batch
+            log.error("routecar: cannot write traces to %s: %s (requests are still served)",
+                      self.store_path, message)

@@ -346,3 +346,23 @@ def test_malformed_record_does_not_cost_its_batch(tmp_path: Path) -> None:
     stats = writer.stats()
     assert (stats["written"], stats["dropped"], stats["errors"]) == (2, 1, 1)
     assert "AttributeError" in stats["last_error"]
+
+
+def test_drops_and_disk_errors_are_logged_once_not_per_record(tmp_path: Path, caplog) -> None:
+    caplog.set_level("WARNING", logger="routecar.traces")
+    full = TraceWriter(tmp_path / "t.db", max_queue=1)  # not started: the queue fills at once
+    for i in range(5):
+        full.submit(TraceRecord(f"r{i}", float(i)))
+    drops = [r for r in caplog.records if "dropped so far" in r.getMessage()]
+    assert len(drops) == 1 and "1 trace(s) dropped" in drops[0].getMessage()
+    full.close()
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the directory should be")
+    broken = TraceWriter(blocker / "traces.db", flush_interval_s=0.01, linger_s=0).start()
+    for i in range(3):
+        assert broken.submit(TraceRecord(f"x{i}", float(i)))
+        assert broken.flush(timeout=5)
+    errors = [r for r in caplog.records if "cannot write traces" in r.getMessage()]
+    assert len(errors) == 1 and str(blocker) in errors[0].getMessage()
+    assert broken.stats()["errors"] == 3
+    broken.close()
