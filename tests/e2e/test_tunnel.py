@@ -76,10 +76,14 @@ def test_other_https_is_tunnelled_with_its_own_certificate(sidecar, tls_server):
     out = _curl("--proxy", side.url, "--cacert", str(server_cert), f"https://127.0.0.1:{port}/")
     assert out.returncode == 0, out.stderr
     assert out.stdout == "hello from a non-provider host"
-    # Control: a provider host is intercepted, so the same trust store rejects it...
-    provider = _curl("--proxy", side.url, "--cacert", str(server_cert), "https://api.openai.com/v1/models")
+    # Control: a provider host is intercepted, so the same trust store rejects it (the
+    # handshake with the sidecar fails; nothing is forwarded)...
+    chat = "https://api.openai.com/v1/chat/completions"
+    provider = _curl("--proxy", side.url, "--cacert", str(server_cert), chat)
     assert provider.returncode != 0 and "certificate" in provider.stderr.lower()
-    # ...and routecar's CA is what it takes for a provider host.
+    # ...and routecar's CA is what it takes. (An invalid policy: routecar answers itself,
+    # so nothing leaves this machine.)
     ok = _curl("--proxy", side.url, "--cacert", str(side.ca), "-o", "/dev/null", "-w", "%{http_code}",
-               "https://api.openai.com/v1/models")
-    assert ok.returncode == 0 and ok.stdout.isdigit()
+               "-H", "X-Route-Policy: {not json", "-H", "content-type: application/json",
+               "--data-binary", '{"model": "x", "messages": []}', chat)
+    assert ok.returncode == 0 and ok.stdout == "400"
