@@ -33,16 +33,22 @@ class ReloadingSource(Generic[T]):
     """`current()` returns the value, re-checking the source at most every `ttl_s`.
 
     Subclasses refine `stamp()` (what counts as a change) and `kept()` (how the
-    kept version is named in `last_error`).
+    kept version is named in `last_error`). With `background=True` (the sidecar),
+    the check and any reload run in a thread: `current()` never blocks the event
+    loop on a slow URL, a big SQLite table or a large file, and returns the value
+    in service until the new one is ready.
     """
 
     def __init__(self, source: str, load: Callable[[str], T], clock: Callable[[], float],
-                 ttl_s: float = 2.0, url_ttl_s: float = 60.0, *, label: str | None = None) -> None:
+                 ttl_s: float = 2.0, url_ttl_s: float = 60.0, *, label: str | None = None,
+                 background: bool = False) -> None:
         self.source, self.load, self.clock = source, load, clock
         self.ttl_s, self.url_ttl_s = ttl_s, url_ttl_s
         self.label = label or source
         self.last_error: str | None = None
         self.reloads = 0
+        self.background = background
+        self._refreshing = False
         self._lock = threading.Lock()
         self._stamp = self.stamp()
         self._value: T = load(source)  # a broken first load fails the start
@@ -61,8 +67,21 @@ class ReloadingSource(Generic[T]):
             with self._lock:
                 if now - self._checked >= ttl:
                     self._checked = now
-                    self.refresh()
+                    if not self.background:
+                        self.refresh()
+                    elif not self._refreshing:
+                        self._refreshing = True
+                        threading.Thread(target=self._refresh_in_background, daemon=True,
+                                         name=f"routecar-reload {self.label}").start()
         return self._value
+
+    def _refresh_in_background(self) -> None:
+        try:
+            self.refresh()
+        except Exception as e:  # noqa: BLE001 - a loader bug must not kill reloading for good
+            self.last_error = f"{type(e).__name__}: {e}{self.kept()}"
+        finally:
+            self._refreshing = False
 
     def refresh(self, force: bool = False) -> bool:
         """Reload if the source changed (or `force`); True if a new value is in service."""

@@ -343,11 +343,12 @@ class TenantSource(ReloadingSource[TenantTable]):
     """
 
     def __init__(self, source: str | os.PathLike[str], *, clock: Callable[[], float],
-                 ttl_s: float = 2.0) -> None:
+                 ttl_s: float = 2.0, background: bool = False) -> None:
         self._spec = parse_source(str(source))
         # Set by the engine: a new table is only put in service if every tenant compiles.
         self.check: Callable[[TenantTable], None] | None = None
-        super().__init__(str(source), self._load, clock, ttl_s, url_ttl_s=ttl_s, label=self._spec.label)
+        super().__init__(str(source), self._load, clock, ttl_s, url_ttl_s=ttl_s, label=self._spec.label,
+                         background=background)
 
     def _load(self, source: str) -> TenantTable:
         table = load_tenants(source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,30 @@ def test_reloading_source_first_load_must_succeed(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(CatalogError):
         ReloadingSource(str(path), load_catalog, Clock())
+
+
+def test_background_reload_never_blocks_current(tmp_path) -> None:
+    import threading
+
+    path = tmp_path / "v.txt"
+    path.write_text("one")
+    gate, loads = threading.Event(), []
+
+    def load(src: str) -> str:
+        if loads:  # every reload after the first waits for the gate: a slow URL, a big table
+            assert gate.wait(10)
+        loads.append(src)
+        return Path(src).read_text()
+
+    now = [0.0]
+    source = ReloadingSource(str(path), load, lambda: now[0], ttl_s=1.0, background=True)
+    path.write_text("two!")
+    now[0] = 5.0
+    assert source.current() == "one"   # the reload is running, the old value serves meanwhile
+    assert source.current() == "one"
+    gate.set()
+    deadline = time.monotonic() + 10
+    while source.current() != "two!":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert source.reloads == 1 and len(loads) == 2

@@ -157,11 +157,13 @@ class Router:
         o = ctx.options
         try:
             providers = load_providers(o.routecar_providers)
+            # background=True: checks and reloads run in a thread, never in a hook.
             catalog_src = ReloadingSource(
-                o.routecar_catalog, lambda s: check_catalog_providers(load_catalog(s), providers), time.monotonic)
+                o.routecar_catalog, lambda s: check_catalog_providers(load_catalog(s), providers), time.monotonic,
+                background=True)
             tenants = rules = None
             if o.routecar_tenants:
-                tenants = TenantSource(o.routecar_tenants, clock=time.monotonic)
+                tenants = TenantSource(o.routecar_tenants, clock=time.monotonic, background=True)
                 rules = load_rules(o.routecar_rules)
             default_policy = o.routecar_default_policy
             if default_policy.startswith("@"):
