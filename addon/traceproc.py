@@ -44,10 +44,6 @@ class SnapshotHealth:
         return {"healthy": entry_id not in self.cooled, "latency_ms": self.latency.get(entry_id)}
 
 
-def _uses_latency(policy: Any) -> bool:
-    return any("latency_ms" in c.fields for c in policy.clauses) or any(f == "latency_ms" for _, f in policy.rank)
-
-
 class ProcessTraceWriter:
     def __init__(self, store_path: str | Path, *, max_queue: int = 10000,
                  max_age_s: float | None = None, max_rows: int | None = None) -> None:
@@ -103,7 +99,7 @@ class ProcessTraceWriter:
         health = d.health
         cooled = frozenset(health.cooled_ids()) if health is not None and hasattr(health, "cooled_ids") else frozenset()
         latency = ({e.id: health.live_fields(e.id).get("latency_ms") for e in d.catalog.entries}
-                   if health is not None and _uses_latency(d.policy) else {})
+                   if health is not None and d.policy.reads("latency_ms") else {})
         r = d.request
         req = (r.model, r.prompt_tokens, r.max_tokens, r.tools, r.vision, r.stream)
         live = (pid, ir, version, rows, req, d.order, d.costs, cooled, latency)

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from routecar.policy import static_failures
+
 if TYPE_CHECKING:
     from routecar.traces import TraceRecord
 
@@ -136,7 +138,6 @@ class DecisionParts:
         key = (d.policy.identity, d.catalog.version)
         hit = self.memo.get(key)
         if hit is None:
-            from routecar.policy import static_failures  # the store stays importable without the core
             summary = {k: v for k, v in d.policy.summary().items() if k != "canonical"}
             fails = {i: self._failure(f) for i, f in static_failures(d.policy, d.catalog).items()}
             hit = self.memo[key] = (dumps_json(d.policy.canonical), dumps_json(summary), fails)
@@ -152,7 +153,7 @@ class DecisionParts:
         ranked = [r.to_dict() for r in d.ranked]
         by_id = {r["id"]: r for r in ranked}
         rank = {r["id"]: n for n, r in enumerate(ranked, 1)}
-        static = static_failures_of(d)
+        static = static_failures(d.policy, d.catalog)
         entries = []
         for i, (entry, f) in enumerate(d.verdicts):
             cached = fails.get(i) if f is not None and f is static.get(i) else None
@@ -164,11 +165,6 @@ class DecisionParts:
             _dumps(d.catalog.version), _dumps([r.entry.id for r in d.fallback]), summary_json,
             dumps_json(ranked), dumps_json(d.request.to_dict()), _dumps(ranked[0]["id"] if ranked else None)))
         return policy_json, rest, entries, by_id
-
-
-def static_failures_of(d: Any) -> Mapping[int, Any]:
-    from routecar.policy import static_failures
-    return static_failures(d.policy, d.catalog)
 
 
 def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[str, list[dict[str, Any]]]:

@@ -233,12 +233,16 @@ async def _read_body(resp: aiohttp.ClientResponse, timeouts: Timeouts,
         async with asyncio.timeout(timeouts.stream_idle_s):
             data = await resp.read()
     except TimeoutError:
-        resp.close()
-        return Outcome(None, error=AttemptError.TIMEOUT, duration_ms=outcome.duration_ms), b""
+        return _abandon(resp, AttemptError.TIMEOUT, outcome)
     except (aiohttp.ClientError, OSError):
-        resp.close()
-        return Outcome(None, error=AttemptError.RESET, duration_ms=outcome.duration_ms), b""
+        return _abandon(resp, AttemptError.RESET, outcome)
     return outcome, data
+
+
+def _abandon(resp: aiohttp.ClientResponse, error: AttemptError, outcome: Outcome) -> tuple[Outcome, bytes]:
+    """An attempt that failed after its headers: drop the connection, report the error."""
+    resp.close()
+    return Outcome(None, error=error, duration_ms=outcome.duration_ms), b""
 
 
 def event_end(buf: bytes | bytearray) -> int:
@@ -277,11 +281,9 @@ async def _first_event(resp: aiohttp.ClientResponse, timeouts: Timeouts, remaini
                 if event_end(buf):
                     break
     except TimeoutError:
-        resp.close()
-        return Outcome(None, error=AttemptError.TIMEOUT_FIRST_BYTE, duration_ms=outcome.duration_ms), b""
+        return _abandon(resp, AttemptError.TIMEOUT_FIRST_BYTE, outcome)
     except (aiohttp.ClientError, OSError):
-        resp.close()
-        return Outcome(None, error=AttemptError.RESET, duration_ms=outcome.duration_ms), b""
+        return _abandon(resp, AttemptError.RESET, outcome)
     if _is_error_event(bytes(buf[: event_end(buf)] or buf)):
         resp.close()
         return Outcome(502, body=bytes(buf[:MAX_ERROR_BODY]), duration_ms=outcome.duration_ms), b""

@@ -339,8 +339,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
         # Per-request clauses or sort keys: each survivor gets a small row with just the
         # fields they read (not a copy of the whole entry).
         cooled = _cooled(health, [r[1].id for r in st.rows])
-        latency = health is not None and any(
-            "latency_ms" in c.fields for c in dynamic) or any(f == "latency_ms" for _, f in rank)
+        latency = health is not None and policy.reads("latency_ms")
         sign = st.cost_sign
         for i, entry, pin, pout, cw, mo, has_tools, has_vision, parts, prefix, suffix in st.rows:
             if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
@@ -351,7 +350,8 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
                 base = catalog.rows[i]
                 row = {f: base.get(f) for f in st.dyn_static}
                 row["est_cost"], row["healthy"] = cost, entry.id not in cooled
-                row["latency_ms"] = health.live_fields(entry.id).get("latency_ms") if latency and health else None
+                row["latency_ms"] = (health.live_fields(entry.id).get("latency_ms")
+                                     if latency and health is not None else None)
                 if not all([c.test(row) for c in dynamic]):
                     continue
             if st.cost_at is not None:

@@ -128,6 +128,10 @@ class Policy:
     def __hash__(self) -> int:
         return hash(self.digest)
 
+    def reads(self, field_name: str) -> bool:
+        """True if a clause or a sort key looks at `field_name`."""
+        return any(field_name in c.fields for c in self.clauses) or any(f == field_name for _, f in self.rank)
+
     @property
     def static_clauses(self) -> tuple[Clause, ...]:
         return tuple(c for c in self.clauses if not c.dynamic)
