@@ -8,13 +8,8 @@ The core is a library the tenant's backend can use too:
 from __future__ import annotations
 
 from .policy import Decision, Policy, RequestProfile, combine, evaluate, fingerprint, parse_policy
+from .tenants.rules import compile_policy
 
 __all__ = ["Decision", "Policy", "RequestProfile", "combine", "compile_policy", "evaluate",
            "fingerprint", "parse_policy"]
 
-
-def __getattr__(name: str):  # tenants.py imports the policy core; import it lazily
-    if name == "compile_policy":
-        from .tenants import compile_policy
-        return compile_policy
-    raise AttributeError(name)

@@ -24,8 +24,9 @@ from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
 from .providers import STRIP_HEADERS, Providers
 from .reloading import ReloadingSource
-from .tenant_rules import RuleSet, compile_policy, require_compiles
-from .tenants import Tenant, TenantSource, identify
+from .tenants.identify import identify
+from .tenants.rules import RuleSet, compile_policy, require_compiles
+from .tenants.table import Tenant, TenantSource
 
 POLICY_HEADER = "x-route-policy"
 TENANT_HEADER = "x-tenant-id"

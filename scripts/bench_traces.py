@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from routecar.catalog import load_catalog  # noqa: E402
 from routecar.policy import RequestProfile, evaluate, parse_policy  # noqa: E402
-from routecar.traces import TraceRecord  # noqa: E402
-from routecar.tracewriter import TraceWriter  # noqa: E402
+from routecar.traces.record import TraceRecord  # noqa: E402
+from routecar.traces.writer import TraceWriter  # noqa: E402
 
 
 def records(n: int, no_log: bool, as_object: bool) -> list[TraceRecord]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from routecar.cli import main
+from routecar.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "policies" / "examples"

@@ -1,4 +1,4 @@
-"""`routecar traces`, `explain`, `compile` through `routecar.cli.main`, over a trace DB filled
+"""`routecar traces`, `explain`, `compile` through `routecar.cli.main.main`, over a trace DB filled
 with records built from real `evaluate(...)` decisions on the default catalog."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from routecar.catalog import load_catalog
-from routecar.cli import main
+from routecar.cli.main import main
 from routecar.policy import RequestProfile, evaluate, parse_policy
-from routecar.tenant_rules import compile_policy, load_rules
-from routecar.tenants import load_tenants
-from routecar.traces import TraceRecord, TraceStore
+from routecar.tenants.rules import compile_policy, load_rules
+from routecar.tenants.table import load_tenants
+from routecar.traces.record import TraceRecord
+from routecar.traces.store import TraceStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = load_catalog()

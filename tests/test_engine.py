@@ -20,7 +20,8 @@ from routecar.errors import BadRequest, ConfigError, InvalidPolicy, MissingProvi
 from routecar.health import HealthTracker
 from routecar.providers import DEFAULT_PROVIDERS, STRIP_HEADERS, load_providers
 from routecar.reloading import ReloadingSource
-from routecar.tenants import TenantSource, load_rules
+from routecar.tenants.rules import load_rules
+from routecar.tenants.table import TenantSource
 
 POLICIES = DEFAULT_PROVIDERS.parent
 TENANTS = POLICIES / "tenants.yaml"
@@ -407,7 +408,7 @@ def test_outbound_strips_mixed_case_names_too(engine):
 def test_reload_between_identify_and_compile_does_not_pin_a_stale_policy(make_engine):
     """The table may reload between identifying a tenant and compiling its policy; the
     policy compiled from the old tenant must not be cached for the new table."""
-    from routecar.tenants import Tenant, TenantTable
+    from routecar.tenants.table import Tenant, TenantTable
 
     v1 = TenantTable([Tenant("t", {"region": "eu"})])
     v2 = TenantTable([Tenant("t", {"region": "us"})])

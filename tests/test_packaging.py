@@ -19,3 +19,8 @@ def test_wheel_ships_the_default_policies(tmp_path):
         assert f"routecar/policies/{f}" in names
     assert "routecar/mitm/addon.py" in names and "routecar/shipped.py" in names
     assert not any(n.startswith(("tests/", "policies/")) for n in names)
+    # Every package under addon/ ships as routecar.<name> (found, not listed in pyproject.toml).
+    for init in (ROOT / "addon").rglob("__init__.py"):
+        assert f"routecar/{init.relative_to(ROOT / 'addon').as_posix()}" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "routecar = routecar.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

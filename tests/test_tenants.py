@@ -11,17 +11,8 @@ import pytest
 import sqlite_utils
 
 from routecar.errors import ConfigError
-from routecar.tenants import (
-    DEFAULT_ORDER,
-    Identification,
-    Tenant,
-    TenantSource,
-    TenantTable,
-    hash_api_key,
-    identify,
-    load_tenants,
-    validate_order,
-)
+from routecar.tenants.identify import DEFAULT_ORDER, Identification, identify, validate_order
+from routecar.tenants.table import Tenant, TenantSource, TenantTable, hash_api_key, load_tenants
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 ACME_KEY_HASH = hashlib.sha256(b"demo-key-acme").hexdigest()

@@ -28,20 +28,22 @@ import aiohttp
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
-from routecar.catalog import DEFAULT_CATALOG, load_catalog
-from routecar.engine import Engine, Resolved, check_catalog_providers, parse_body
-from routecar.errors import ConfigError, RoutecarError
-from routecar.health import HealthTracker
-from routecar.policy import Decision
-from routecar.providers import DEFAULT_PROVIDERS, STRIP_HEADERS, load_providers
-from routecar.reloading import ReloadingSource
-from routecar.tenant_rules import load_rules
-from routecar.tenants import TenantSource, validate_order
-from routecar.traces import TraceRecord, default_traces_path, parse_since
-from routecar.traceproc import ProcessTraceWriter
-from routecar.tracewriter import TraceWriter
-from routecar.relay import Relay, StreamStats
-from routecar.upstream import Result, Timeouts, new_session, try_plan
+from ..catalog import DEFAULT_CATALOG, load_catalog
+from ..engine import Engine, Resolved, check_catalog_providers, parse_body
+from ..errors import ConfigError, RoutecarError
+from ..health import HealthTracker
+from ..policy import Decision
+from ..providers import DEFAULT_PROVIDERS, STRIP_HEADERS, load_providers
+from ..reloading import ReloadingSource
+from ..relay import Relay, StreamStats
+from ..tenants.identify import validate_order
+from ..tenants.rules import load_rules
+from ..tenants.table import TenantSource
+from ..traces.process import ProcessTraceWriter
+from ..traces.record import TraceRecord
+from ..traces.store import default_traces_path, parse_since
+from ..traces.writer import TraceWriter
+from ..upstream import Result, Timeouts, new_session, try_plan
 
 log = logging.getLogger("routecar")
 

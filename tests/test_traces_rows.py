@@ -10,8 +10,8 @@ from cachetools import LRUCache
 
 from routecar.catalog import load_catalog
 from routecar.policy import RequestProfile, evaluate, parse_policy
-from routecar.tracerows import CANDIDATE_COLUMNS, DecisionParts, record_rows
-from routecar.traces import TraceRecord
+from routecar.traces.record import TraceRecord
+from routecar.traces.rows import CANDIDATE_COLUMNS, DecisionParts, record_rows
 
 CAT = load_catalog()
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello " * 50}], "max_tokens": 100}
@@ -48,8 +48,8 @@ def test_memo_is_reused_and_still_right_for_a_second_request():
 
 
 def test_v4_migration_keeps_candidates_written_as_rows(tmp_path, monkeypatch):
-    import routecar.traces as traces_mod
-    from routecar.traces import TraceStore
+    import routecar.traces.store as traces_mod
+    from routecar.traces.store import TraceStore
 
     d = evaluate(parse_policy(POLICIES[0], CAT.registry), CAT, RequestProfile.from_body(BODY))
     rec = TraceRecord(trace_id="rt_old", ts=1.0, decision=d.to_dict())

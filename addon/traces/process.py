@@ -25,7 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from routecar.traces import TraceRecord
+from ..catalog import parse_catalog
+from ..policy import Decision, RequestProfile, parse_policy
+from .record import TraceRecord
+from .writer import TraceWriter
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TraceRecord) if f.name != "decision")
 STATS_BYTES = 4096
@@ -165,10 +168,6 @@ class ProcessTraceWriter:
 # -- the child ------------------------------------------------------------------------------
 
 def _child_main(store_path: str, options: dict[str, Any], q: Any, replies: Any, shared: Any) -> None:
-    from routecar.catalog import parse_catalog
-    from routecar.policy import Decision, RequestProfile, parse_policy
-    from routecar.tracewriter import TraceWriter
-
     writer = TraceWriter(store_path, **options).start()
     policies: dict[str, Any] = {}
     catalogs: dict[str, Any] = {}

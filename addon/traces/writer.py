@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from routecar.traces import TraceRecord, TraceStore
+from .record import TraceRecord
+from .store import TraceStore
 
 log = logging.getLogger("routecar.traces")
 

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from routecar.traces import (MIGRATIONS, TraceRecord, TraceStore, TraceWriter,
-                             default_traces_path, parse_since, scrub)
+from routecar.traces.record import TraceRecord
+from routecar.traces.rows import scrub
+from routecar.traces.store import MIGRATIONS, TraceStore, default_traces_path, parse_since
+from routecar.traces.writer import TraceWriter
 
 
 def make_decision() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from routecar.catalog import load_catalog
 from routecar.errors import ConfigError
 from routecar.policy import RequestProfile, combine, evaluate, parse_policy
-from routecar.tenant_rules import (
+from routecar.tenants.rules import (
     RuleCompileError,
     RuleSet,
     TenantPolicyError,
@@ -23,7 +23,7 @@ from routecar.tenant_rules import (
     load_rules,
     parse_rules,
 )
-from routecar.tenants import Tenant, load_tenants
+from routecar.tenants.table import Tenant, load_tenants
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 

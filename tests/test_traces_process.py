@@ -10,9 +10,10 @@ import pytest
 from routecar.catalog import load_catalog
 from routecar.health import HealthTracker
 from routecar.policy import RequestProfile, evaluate, parse_policy
-from routecar.traceproc import ProcessTraceWriter
-from routecar.traces import TraceRecord, TraceStore
-from routecar.tracewriter import TraceWriter
+from routecar.traces.process import ProcessTraceWriter
+from routecar.traces.record import TraceRecord
+from routecar.traces.store import TraceStore
+from routecar.traces.writer import TraceWriter
 
 CAT = load_catalog()
 POLICIES = [

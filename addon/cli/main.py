@@ -21,21 +21,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from .catalog import DEFAULT_CATALOG, load_catalog
-from .errors import InvalidPolicy, RoutecarError
-from .policy import Decision, parse_policy
-from .providers import DEFAULT_PROVIDERS
-from .shipped import POLICIES
+from ..catalog import DEFAULT_CATALOG, load_catalog
+from ..errors import InvalidPolicy, RoutecarError
+from ..policy import parse_policy
+from ..providers import DEFAULT_PROVIDERS
+from ..shipped import POLICIES
+from .render import CliError, render_decision, wide_console
+from .traces import add_commands
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE_REQUEST = {"messages": [{"role": "user", "content": "Summarise our Q3 churn numbers in 3 bullets."}]}
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
 
 
 def read_json_arg(value: str, what: str) -> Any:
@@ -50,10 +47,6 @@ def read_json_arg(value: str, what: str) -> Any:
     except OSError as e:
         raise CliError(f"cannot read {what} {value!r}: {e.strerror}") from None
     return text
-
-
-def _console() -> Console:
-    return Console(soft_wrap=False, width=max(100, Console().width))
 
 
 def print_policy_errors(err: InvalidPolicy) -> None:
@@ -95,9 +88,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def check_config(args: argparse.Namespace) -> int:
     """Load what `routecar run` would load, the same way, and say what is wrong (exit 2) or OK."""
-    from .engine import Engine, check_catalog_providers
-    from .health import HealthTracker
-    from .reloading import ReloadingSource
+    from ..engine import Engine, check_catalog_providers
+    from ..health import HealthTracker
+    from ..reloading import ReloadingSource
     providers = _providers(args)
     source = ReloadingSource(args.catalog, lambda s: check_catalog_providers(load_catalog(s), providers),
                              lambda: 0.0)
@@ -132,56 +125,8 @@ def cmd_fields(args: argparse.Namespace) -> int:
     for f in fields:
         t.add_row(f["name"], f["type"], " ".join(f["operators"]), json.dumps(f["example"], default=str),
                   f["description"])
-    _console().print(t)
+    wide_console().print(t)
     return 0
-
-
-def failure_reason(failed: Mapping[str, Any]) -> str:
-    """`Failure.reason()` for the dict form (a stored trace's candidate)."""
-    return (f"{failed.get('id')} failed: {json.dumps(failed.get('rule'))} "
-            f"(actual {failed.get('field')}={json.dumps(failed.get('value'), default=str)})")
-
-
-def render_decision(d: Decision | Mapping[str, Any], tenant: str | None = None,
-                    regions: Mapping[str, str] | None = None, console: Console | None = None) -> None:
-    """Print a decision: a `Decision`, or its `to_dict()` form as a trace stores it
-    (`regions`: entry id -> region, which the dict form does not carry)."""
-    if isinstance(d, Decision):
-        regions = {e.id: e.region for e in d.catalog.entries}
-        d = d.to_dict()
-    regions = regions or {}
-    c = console or _console()
-    p = d.get("policy") or {}
-    c.print(f"[bold]policy[/] {p.get('fingerprint')}  tenant={tenant or '-'}  no_log={p.get('no_log')}  "
-            f"max_attempts={p.get('max_attempts')}  catalog={d.get('catalog_version')}")
-    for cl in p.get("clauses") or []:
-        label = cl.get("id") or f"rules[{cl.get('index')}]"
-        c.print(f"  [{cl.get('index')}] {label:<24} {json.dumps(cl.get('rule'))}"
-                + (f"   (from {cl['from']})" if cl.get("from") else ""))
-    r = d.get("request") or {}
-    c.print(f"[bold]request[/] ~{r.get('prompt_tokens')} prompt tokens, {r.get('out_tokens')} output tokens"
-            f"{', tools' if r.get('tools') else ''}{', images' if r.get('vision') else ''}")
-    ranked = d.get("ranked") or []
-    rank_pos = {x.get("id"): i for i, x in enumerate(ranked, 1)}
-    t = Table("entry", "provider", "region", "verdict", "why / rank", title="candidates")
-    for cand in d.get("candidates") or []:
-        eid = cand.get("id")
-        if cand.get("passed"):
-            t.add_row(eid, cand.get("provider"), regions.get(eid, "?"), "[green]pass[/]", f"#{rank_pos.get(eid)}")
-        else:
-            t.add_row(eid, cand.get("provider"), regions.get(eid, "?"), "[red]drop[/]",
-                      failure_reason(cand.get("failed") or {}))
-    c.print(t)
-    keys = [f for _, f in (p.get("canonical") or {}).get("rank", []) if f not in ("est_cost", "id")]
-    t = Table("#", "entry", "est. cost (USD)", *keys, title="ranked survivors")
-    for i, x in enumerate(ranked, 1):
-        t.add_row(str(i), x.get("id"), f"{x.get('est_cost', 0):.6f}",
-                  *(json.dumps((x.get("keys") or {}).get(k)) for k in keys))
-    c.print(t)
-    if d.get("selected") is None:
-        c.print("[bold red]no candidate[/]: every entry was dropped (see above)")
-    else:
-        c.print(f"[bold]selected[/] {d['selected']}   fallback: {' -> '.join(d.get('fallback') or []) or '(none)'}")
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
@@ -190,9 +135,9 @@ def cmd_rank(args: argparse.Namespace) -> int:
     Example: routecar rank policies/examples/eu-only.json --request req.json
              routecar rank --tenant initech-eu --tenants policies/tenants.yaml
     """
-    from .engine import Engine  # local: the engine pulls in tenants and health
-    from .health import HealthTracker
-    from .reloading import ReloadingSource
+    from ..engine import Engine  # local: the engine pulls in tenants and health
+    from ..health import HealthTracker
+    from ..reloading import ReloadingSource
     catalog_src = ReloadingSource(args.catalog, load_catalog, lambda: 0.0)
     engine = Engine(catalog_src, _providers(args), os.environ, HealthTracker(lambda: 0.0),
                     **_tenant_kwargs(args))
@@ -213,15 +158,15 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def _providers(args: argparse.Namespace) -> Any:
-    from .providers import load_providers
+    from ..providers import load_providers
     return load_providers(args.providers)
 
 
 def _tenant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if not getattr(args, "tenants", None):
         return {}
-    from .tenant_rules import load_rules
-    from .tenants import TenantSource
+    from ..tenants.rules import load_rules
+    from ..tenants.table import TenantSource
     return {"tenants": TenantSource(args.tenants, clock=lambda: 0.0), "rules": load_rules(args.rules)}
 
 
@@ -230,8 +175,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
     Example: eval "$(routecar env)" && python my_app.py
     """
-    from .cabundle import confdir, default_home, env_exports, write_bundle
-    from .mitm.master import ensure_ca
+    from ..cabundle import confdir, default_home, env_exports, write_bundle
+    from ..mitm.master import ensure_ca
     home = default_home(os.environ)
     ca = ensure_ca(confdir(home))
     bundle = write_bundle(ca, home / "ca-bundle.pem")
@@ -245,9 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     Example: OPENAI_API_KEY=... routecar run --listen 127.0.0.1:8080
              routecar run --mode reverse:https://api.openai.com --listen 127.0.0.1:4000
     """
-    from .cabundle import confdir, default_home, write_bundle
-    from .mitm.router import Router
-    from .mitm.master import ensure_ca, run_lean
+    from ..cabundle import confdir, default_home, write_bundle
+    from ..mitm.router import Router
+    from ..mitm.master import ensure_ca, run_lean
     home = default_home(os.environ)
     cdir = confdir(home)
     ca = ensure_ca(cdir)
@@ -349,12 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("demo", cmd_demo, "run the demo: fake providers + sidecar + openai SDK")
     sp.add_argument("demo_args", nargs=argparse.REMAINDER)
 
-    try:
-        from .cli_traces import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(command, catalog_opts, tenant_opts)
+    add_commands(command, catalog_opts, tenant_opts)
     return p
 
 
@@ -372,10 +312,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    # `python -m routecar.cli` runs this file as __main__: hand over to the real module, or
-    # `routecar.cli_traces` would raise a CliError class this copy does not catch.
-    from routecar.cli import main as _main
-    sys.exit(_main())

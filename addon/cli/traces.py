@@ -4,7 +4,7 @@
     routecar explain rt_18f3a...                       # one decision's whole story + a replay
     routecar compile --tenant umbrella-health          # a tenant's policy and the rule behind each clause
 
-`build_parser` in `routecar.cli` calls `add_commands`; errors are `CliError`s
+`build_parser` in `.main` calls `add_commands`; errors are `CliError`s
 (one line, exit 2) like every other command.
 """
 
@@ -23,12 +23,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .catalog import load_catalog, parse_catalog
-from .cli import CliError, render_decision
-from .errors import RoutecarError
-from .shipped import POLICIES
-from .policy import RequestProfile, evaluate, parse_policy
-from .traces import TraceStore, default_traces_path, parse_since
+from ..catalog import load_catalog, parse_catalog
+from ..errors import RoutecarError
+from ..policy import RequestProfile, evaluate, parse_policy
+from ..shipped import POLICIES
+from ..traces.store import TraceStore, default_traces_path, parse_since
+from .render import CliError, render_decision
 
 DEFAULT_TENANTS = POLICIES / "tenants.yaml"
 HEALTH_NOTE = "replay assumes every entry healthy (health at request time is not stored)"
@@ -260,8 +260,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     Example: routecar compile --tenant umbrella-health
              routecar compile --tenant acme-free --tenants policies/tenants.yaml --json
     """
-    from .tenant_rules import compile_policy, load_rules
-    from .tenants import load_tenants
+    from ..tenants.rules import compile_policy, load_rules
+    from ..tenants.table import load_tenants
     source = args.tenants or str(DEFAULT_TENANTS)
     table = load_tenants(source)
     tenant = table.get(args.tenant)

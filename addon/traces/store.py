@@ -1,12 +1,11 @@
 """The trace store: one SQLite row per routed request, written off the request path.
 
-    TraceRecord   what the addon fills in for one request (frozen)
     TraceStore    the SQLite database: versioned migrations, write, prune, query, get
-    TraceWriter   background thread feeding a TraceStore (in `routecar.tracewriter`,
-                  re-exported here)
 
-How a record becomes rows (scrubbing every text, and keeping no payload of a
-`no_log` record anywhere) lives in `routecar.tracerows`.
+What one request leaves behind is a `TraceRecord` (`.record`); how it becomes
+rows (scrubbing every text, and keeping no payload of a `no_log` record
+anywhere) lives in `.rows`; the background writers are `.writer` (thread) and
+`.process` (child process).
 
 Tables: `decisions` (one row per request), `candidates` (one per catalog entry
 the policy judged), `attempts` (one per upstream call), `payloads` (only when
@@ -19,50 +18,16 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cachetools import LRUCache
 from sqlite_utils import Database
 
-from routecar.tracerows import (CANDIDATE_COLUMNS, DecisionParts, NO_LOG_REDACTED, REDACTED, dumps_json, loads_json,  # noqa: F401
-                                rebuild_decision, record_rows, scrub, scrub_obj)
+from .record import TraceRecord
+from .rows import CANDIDATE_COLUMNS, DecisionParts, dumps_json, loads_json, rebuild_decision, record_rows
 
-if TYPE_CHECKING:
-    from routecar.tracewriter import TraceWriter
-
-__all__ = ["TraceRecord", "TraceStore", "TraceWriter", "scrub", "scrub_obj",
-           "parse_since", "default_traces_path", "MIGRATIONS"]
-
-
-@dataclass(frozen=True)
-class TraceRecord:
-    """One request as the addon saw it. `decision` is `Decision.to_dict()` or None."""
-
-    trace_id: str
-    ts: float
-    tenant: str | None = None
-    mode: str | None = None
-    no_log: bool = False
-    stream: bool = False
-    status: int | None = None
-    outcome: str = "ok"
-    latency_ms: float | None = None
-    ttfb_ms: float | None = None
-    usage: Mapping[str, Any] | None = None
-    actual_cost: float | None = None
-    decision: Any = None  # Decision (to_dict() is called by the writer) or its dict form
-    attempts: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
-    request_body: bytes | str | None = None
-    response_body: bytes | str | None = None
-    error: Mapping[str, Any] | None = None
-    fingerprint: str | None = None
-    digest: str | None = None
-    requested_model: str | None = None
-    # The catalog the decision was made against (`Catalog.to_list()`); the addon sends it
-    # once per catalog version, the store keeps the first copy of each version.
-    catalog: Sequence[Mapping[str, Any]] | None = None
+__all__ = ["TraceStore", "parse_since", "default_traces_path", "MIGRATIONS"]
 
 
 def parse_since(text: str) -> float:
@@ -286,10 +251,3 @@ class TraceStore:
                               [version]).fetchone()
         return None if row is None else loads_json(row[0])
 
-
-def __getattr__(name: str) -> Any:
-    # TraceWriter lives in its own module (it imports this one); re-export it lazily.
-    if name == "TraceWriter":
-        from routecar.tracewriter import TraceWriter
-        return TraceWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from routecar.policy import static_failures
-
-if TYPE_CHECKING:
-    from routecar.traces import TraceRecord
+from ..policy import static_failures
+from .record import TraceRecord
 
 CANDIDATE_COLUMNS = ("entry_id", "provider", "model", "passed", "failed_index", "failed_clause_id",
                      "failed_rule", "failed_field", "failed_value", "rank", "est_cost")

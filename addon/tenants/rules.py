@@ -18,17 +18,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from routecar.errors import ConfigError, InvalidPolicy
-
-from routecar.fields import FieldRegistry
-from routecar.policy import Policy, parse_policy
-
-if TYPE_CHECKING:
-    from routecar.tenants import Tenant
+from ..errors import ConfigError, InvalidPolicy
+from ..fields import FieldRegistry
+from ..policy import Policy, parse_policy
+from .table import Tenant
 
 SCHEMA = "sigma-pol/v1"
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")

@@ -1,4 +1,4 @@
-"""Tenant table, hot reload and tenant identification.
+"""Tenant table and hot reload.
 
 A tenant is an id, a mapping of attributes and the sha256 hashes of the API
 keys its apps use. The table comes from a YAML file, a CSV file or a SQLite
@@ -8,7 +8,8 @@ table (see docs/tenants.md); which one is chosen by the source string:
     tenants.csv                                 CSV
     sqlite:///var/lib/routecar/t.db?table=tenants   SQLite (sqlite://rel/path.db for a relative path)
 
-Turning a tenant into a policy lives in `tenant_rules` (re-exported here).
+Turning a tenant into a policy lives in `.rules`; finding the tenant of a
+request in `.identify`.
 Errors: every bad row is a `ConfigError` naming the file and the row/tenant.
 """
 
@@ -30,30 +31,10 @@ from typing import Any
 import yaml
 from sqlite_utils import Database
 
-from routecar.errors import ConfigError
-from routecar.reloading import ReloadingSource
-from routecar.tenant_rules import (
-    RuleCompileError,
-    RuleSet,
-    TenantPolicyError,
-    TenantRule,
-    check_tenants,
-    compile_ir,
-    compile_policy,
-    load_rules,
-    parse_rules,
-)
+from ..errors import ConfigError
+from ..reloading import ReloadingSource
 
-__all__ = [
-    "DEFAULT_ORDER", "IDENTIFICATION_METHODS", "Identification", "RuleCompileError", "RuleSet",
-    "Tenant", "TenantPolicyError", "TenantRule", "TenantSource", "TenantTable", "check_tenants", "compile_ir",
-    "compile_policy", "hash_api_key", "identify", "load_rules", "load_tenants", "parse_rules",
-    "validate_order",
-]
-
-IDENTIFICATION_METHODS: tuple[str, ...] = ("header", "api_key", "proxy_auth", "body_user")
-DEFAULT_ORDER: tuple[str, ...] = IDENTIFICATION_METHODS
-TENANT_HEADER = "x-tenant-id"
+__all__ = ["Tenant", "TenantSource", "TenantTable", "hash_api_key", "load_tenants"]
 
 
 def hash_api_key(raw_key: str) -> str:
@@ -361,53 +342,3 @@ class TenantSource(ReloadingSource[TenantTable]):
 
     def kept(self) -> str:
         return f"; keeping tenant table {self._value.version}"
-
-
-@dataclass(frozen=True)
-class Identification:
-    """Who a request claims to be. `tenant` is None when the claimed id is unknown."""
-
-    tenant: Tenant | None
-    claimed_id: str | None
-    method: str
-
-
-def validate_order(order: Sequence[str]) -> tuple[str, ...]:
-    """Check an identification order from configuration; raise ConfigError if bad."""
-    unknown = [m for m in order if m not in IDENTIFICATION_METHODS]
-    if unknown:
-        raise ConfigError(f"unknown tenant identification method(s) {', '.join(map(repr, unknown))}; "
-                          f"expected some of: {', '.join(IDENTIFICATION_METHODS)}")
-    if len(set(order)) != len(order):
-        raise ConfigError(f"tenant identification order repeats a method: {list(order)}")
-    return tuple(order)
-
-
-def identify(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: str | None,
-             body_user: str | None, api_key: str | None,
-             table: TenantTable) -> Identification | None:
-    """Apply the identification methods in `order`; the first that yields a claim wins.
-
-    `headers` must have lower-cased names. An API key that is not in the table
-    is not a claim (it may be a real provider key), so the next method is
-    tried; every other method claims an id as soon as it has a non-empty
-    value, and an id missing from the table gives `tenant=None`.
-    Returns None when no method yields a claim.
-    """
-    for method in validate_order(order):
-        if method == "api_key":
-            if api_key:
-                tenant = table.by_api_key(api_key)
-                if tenant is not None:
-                    return Identification(tenant, tenant.id, method)
-            continue
-        if method == "header":
-            claim = headers.get(TENANT_HEADER)
-        elif method == "proxy_auth":
-            claim = proxy_user
-        else:
-            claim = body_user
-        claim = claim.strip() if isinstance(claim, str) else None
-        if claim:
-            return Identification(table.get(claim), claim, method)
-    return None

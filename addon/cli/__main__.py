@@ -1,0 +1,7 @@
+"""`python -m routecar.cli ...` is `routecar ...`."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

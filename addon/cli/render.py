@@ -1,0 +1,68 @@
+"""What every command shares: `CliError` (one line, exit 2) and how a decision is printed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..policy import Decision
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def wide_console() -> Console:
+    return Console(soft_wrap=False, width=max(100, Console().width))
+
+
+def failure_reason(failed: Mapping[str, Any]) -> str:
+    """`Failure.reason()` for the dict form (a stored trace's candidate)."""
+    return (f"{failed.get('id')} failed: {json.dumps(failed.get('rule'))} "
+            f"(actual {failed.get('field')}={json.dumps(failed.get('value'), default=str)})")
+
+
+def render_decision(d: Decision | Mapping[str, Any], tenant: str | None = None,
+                    regions: Mapping[str, str] | None = None, console: Console | None = None) -> None:
+    """Print a decision: a `Decision`, or its `to_dict()` form as a trace stores it
+    (`regions`: entry id -> region, which the dict form does not carry)."""
+    if isinstance(d, Decision):
+        regions = {e.id: e.region for e in d.catalog.entries}
+        d = d.to_dict()
+    regions = regions or {}
+    c = console or wide_console()
+    p = d.get("policy") or {}
+    c.print(f"[bold]policy[/] {p.get('fingerprint')}  tenant={tenant or '-'}  no_log={p.get('no_log')}  "
+            f"max_attempts={p.get('max_attempts')}  catalog={d.get('catalog_version')}")
+    for cl in p.get("clauses") or []:
+        label = cl.get("id") or f"rules[{cl.get('index')}]"
+        c.print(f"  [{cl.get('index')}] {label:<24} {json.dumps(cl.get('rule'))}"
+                + (f"   (from {cl['from']})" if cl.get("from") else ""))
+    r = d.get("request") or {}
+    c.print(f"[bold]request[/] ~{r.get('prompt_tokens')} prompt tokens, {r.get('out_tokens')} output tokens"
+            f"{', tools' if r.get('tools') else ''}{', images' if r.get('vision') else ''}")
+    ranked = d.get("ranked") or []
+    rank_pos = {x.get("id"): i for i, x in enumerate(ranked, 1)}
+    t = Table("entry", "provider", "region", "verdict", "why / rank", title="candidates")
+    for cand in d.get("candidates") or []:
+        eid = cand.get("id")
+        if cand.get("passed"):
+            t.add_row(eid, cand.get("provider"), regions.get(eid, "?"), "[green]pass[/]", f"#{rank_pos.get(eid)}")
+        else:
+            t.add_row(eid, cand.get("provider"), regions.get(eid, "?"), "[red]drop[/]",
+                      failure_reason(cand.get("failed") or {}))
+    c.print(t)
+    keys = [f for _, f in (p.get("canonical") or {}).get("rank", []) if f not in ("est_cost", "id")]
+    t = Table("#", "entry", "est. cost (USD)", *keys, title="ranked survivors")
+    for i, x in enumerate(ranked, 1):
+        t.add_row(str(i), x.get("id"), f"{x.get('est_cost', 0):.6f}",
+                  *(json.dumps((x.get("keys") or {}).get(k)) for k in keys))
+    c.print(t)
+    if d.get("selected") is None:
+        c.print("[bold red]no candidate[/]: every entry was dropped (see above)")
+    else:
+        c.print(f"[bold]selected[/] {d['selected']}   fallback: {' -> '.join(d.get('fallback') or []) or '(none)'}")

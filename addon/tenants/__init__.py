@@ -1,0 +1,8 @@
+"""Tenants: who a request belongs to, and the policy that follows from it.
+
+    table.py     Tenant, TenantTable, TenantSource: the table (YAML, CSV, SQLite) and hot reload
+    identify.py  identify(): header, API key, proxy user or body user -> tenant
+    rules.py     compile rules: tenant attributes -> policy_ir (compile_policy)
+
+Import from the module that defines a name: this package re-exports nothing.
+"""

@@ -1,0 +1,37 @@
+"""What one routed request leaves behind: a `TraceRecord`, filled in by the addon and
+turned into rows by `.rows` in a writer (never on the proxy's event loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """One request as the addon saw it. `decision` is `Decision.to_dict()` or None."""
+
+    trace_id: str
+    ts: float
+    tenant: str | None = None
+    mode: str | None = None
+    no_log: bool = False
+    stream: bool = False
+    status: int | None = None
+    outcome: str = "ok"
+    latency_ms: float | None = None
+    ttfb_ms: float | None = None
+    usage: Mapping[str, Any] | None = None
+    actual_cost: float | None = None
+    decision: Any = None  # Decision (to_dict() is called by the writer) or its dict form
+    attempts: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    request_body: bytes | str | None = None
+    response_body: bytes | str | None = None
+    error: Mapping[str, Any] | None = None
+    fingerprint: str | None = None
+    digest: str | None = None
+    requested_model: str | None = None
+    # The catalog the decision was made against (`Catalog.to_list()`); the addon sends it
+    # once per catalog version, the store keeps the first copy of each version.
+    catalog: Sequence[Mapping[str, Any]] | None = None
