@@ -6,6 +6,7 @@
     ├── InvalidPolicy                  400 invalid_policy   (.errors: list of {path, message})
     ├── NoCandidate                    400 no_candidate     (.dropped: why each entry was dropped)
     ├── UnknownTenant                  403 unknown_tenant
+    ├── TenantSourceUnavailable        503 tenant_source_unavailable (tenant database down, not cached)
     ├── BadRequest                     400 invalid_request  (malformed body)
     │   └── PayloadTooLarge            413 request_too_large
     ├── MissingProviderKey             500 provider_key_missing (names the env var, never the key)
@@ -99,6 +100,15 @@ class UnknownTenant(RoutecarError):
         how = f" (identified by {method})" if method else ""
         who = repr(tenant) if tenant else "no tenant could be identified"
         super().__init__(f"unknown tenant {who}{how}", tenant=tenant)
+
+
+class TenantSourceUnavailable(RoutecarError):
+    """The tenant database could not answer and the tenant is not (or no longer) cached:
+    the call is refused rather than routed as another tenant or passed through ungoverned."""
+
+    status = 503
+    code = "tenant_source_unavailable"
+    type = "server_error"
 
 
 class BadRequest(RoutecarError):

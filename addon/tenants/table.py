@@ -254,13 +254,15 @@ def _scalar(s: str) -> Any:
     return s
 
 
-def _attribute(value: Any, text: bool) -> Any:
+def _attribute(value: Any, text: bool, objects: bool = False) -> Any:
     if text and isinstance(value, str):
         value = parse_cell(value)
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value):
         return tuple(value)
+    if objects and isinstance(value, (list, dict)):
+        return tuple(value) if isinstance(value, list) else value
     raise ValueError(f"must be a string, number, boolean or a list of those, got {json.dumps(value)}")
 
 
@@ -275,36 +277,45 @@ def _keys(value: Any) -> tuple[str, ...]:
     return keys
 
 
+def tenant_from_fields(label: str, where: str, raw_id: Any, fields: Mapping[str, Any], raw_keys: Any, *,
+                       text: bool, objects: bool = False) -> Tenant:
+    """One record of a source as a Tenant, or a ConfigError naming `label`, `where` and the tenant.
+
+    `text`: cells are text to parse (CSV, SQLite); `objects`: JSON objects and nested
+    lists are kept as attribute values (typed database columns such as jsonb).
+    """
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        raw_id = str(raw_id)
+    if not isinstance(raw_id, str) or not raw_id.strip():
+        raise ConfigError(f"{label}: {where}: missing id")
+    tid = raw_id.strip()
+    attributes: dict[str, Any] = {}
+    try:
+        keys = _keys(raw_keys) if raw_keys is not None else ()
+        for name, value in fields.items():
+            if value is None or (text and isinstance(value, str) and not value.strip()):
+                continue  # an empty cell or null means "attribute absent"
+            try:
+                attributes[str(name)] = _attribute(value, text, objects)
+            except ValueError as e:
+                raise ValueError(f"attribute {name!r}: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"{label}: {where} (tenant {tid!r}): {e}", tenant=tid) from None
+    return Tenant(tid, attributes, keys)
+
+
 def read_records(spec: _Spec) -> list[Tenant]:
     reader = {"yaml": _read_yaml, "csv": _read_csv, "sqlite": _read_sqlite}[spec.kind]
     tenants: list[Tenant] = []
     first_seen: dict[str, str] = {}
     for where, raw_id, fields, raw_keys, text in reader(spec):
-        if isinstance(raw_id, int) and not isinstance(raw_id, bool):
-            raw_id = str(raw_id)
-        if not isinstance(raw_id, str) or not raw_id.strip():
-            raise ConfigError(f"{spec.label}: {where}: missing id")
-        tid = raw_id.strip()
-        where = f"{where} (tenant {tid!r})"
-        if tid in first_seen:
-            raise ConfigError(f"{spec.label}: {where}: duplicate id, first defined at {first_seen[tid]}",
-                              tenant=tid)
-        first_seen[tid] = where.split(" (")[0]
-        attributes: dict[str, Any] = {}
-        try:
-            keys = _keys(raw_keys) if raw_keys is not None else ()
-            for name, value in fields.items():
-                if value is None or (text and isinstance(value, str) and not value.strip()):
-                    continue  # an empty cell or null means "attribute absent"
-                try:
-                    attributes[str(name)] = _attribute(value, text)
-                except ValueError as e:
-                    raise ValueError(f"attribute {name!r}: {e}") from None
-        except ValueError as e:
-            raise ConfigError(f"{spec.label}: {where}: {e}", tenant=tid) from None
-        tenants.append(Tenant(tid, attributes, keys))
+        tenant = tenant_from_fields(spec.label, where, raw_id, fields, raw_keys, text=text)
+        if tenant.id in first_seen:
+            raise ConfigError(f"{spec.label}: {where} (tenant {tenant.id!r}): duplicate id, first defined at "
+                              f"{first_seen[tenant.id]}", tenant=tenant.id)
+        first_seen[tenant.id] = where
+        tenants.append(tenant)
     return tenants
-
 
 
 def load_tenants(source: str | os.PathLike[str]) -> TenantTable:
