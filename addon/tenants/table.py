@@ -170,11 +170,11 @@ def source_signature(spec: _Spec) -> tuple[Any, ...]:
         raise ConfigError(f"{spec.label}: {e}") from e
 
 
-def _connect_ro(spec: _Spec) -> sqlite3.Connection:
+def _connect_ro(spec: _Spec, *, any_thread: bool = False) -> sqlite3.Connection:
     if not spec.path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(spec.path))
     # Read-only URI: never create or lock a database file that is not there.
-    return sqlite3.connect(spec.path.resolve().as_uri() + "?mode=ro", uri=True)
+    return sqlite3.connect(spec.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=not any_thread)
 
 
 # Each reader yields (where, id, attributes, keys, cells_are_text).

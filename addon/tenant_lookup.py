@@ -1,0 +1,240 @@
+"""Tenants looked up on demand in a database, cached (`--tenants postgresql://…`).
+
+    lookup = TenantLookup(store, clock=time.monotonic, ttl_s=30, grace_s=300)
+    await lookup.get("acme")            # off the event loop (a thread pool), cached
+    await lookup.by_key_hash(sha256)    # API-key identification
+    lookup.get_blocking("acme")         # the CLI, /x/rank (run in a thread by the addon)
+
+The cache holds found tenants and misses, each bounded by `max_entries`
+(least recently used first out), so memory grows with the tenants in use,
+not with the table. An entry is fresh for `ttl_s`: a change in the database
+is in effect within `ttl_s`. When the database cannot answer:
+
+    entry fresh                          served, no query
+    tenant found, stale < grace_s        served (healthz degraded)
+    miss, error, or nothing cached       TenantSourceUnavailable, 503: a request is never
+                                         routed as another tenant nor passed through ungoverned
+
+While it is down, at most one query per `retry_s` tries the database (other
+lookups fail fast); the first success ends the outage, without a restart.
+Concurrent lookups of one key share one query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TTLCache
+
+from .errors import ConfigError, TenantSourceUnavailable
+from .tenants import Tenant, TenantSource, hash_api_key, parse_source
+from .tenants_db import PostgresStore, SqliteStore, TenantStore
+
+Key = tuple[str, str]  # ("id", tenant id) or ("key", sha256 hex)
+
+
+@dataclass(frozen=True)
+class _Hit:
+    tenant: Tenant | None        # None: no such tenant (a miss)
+    error: ConfigError | None    # a row that does not parse, served like a miss
+    fetched: float
+
+
+class TenantLookup:
+    """A tenant store behind a bounded TTL cache with an outage grace period."""
+
+    def __init__(self, store: TenantStore, *, clock: Callable[[], float], ttl_s: float = 30.0,
+                 grace_s: float = 300.0, max_entries: int = 10_000, retry_s: float = 1.0,
+                 workers: int = 4) -> None:
+        self.store, self.clock = store, clock
+        self.label = store.label
+        self.ttl_s, self.grace_s, self.retry_s = ttl_s, grace_s, retry_s
+        # Found tenants outlive their ttl by the grace period (served only while the
+        # database is down); misses and bad rows never outlive it.
+        self._found: TTLCache[Key, _Hit] = TTLCache(max_entries, ttl_s + grace_s, timer=clock)
+        self._missing: TTLCache[Key, _Hit] = TTLCache(max_entries, ttl_s, timer=clock)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="routecar-tenants")
+        self._inflight: dict[Key, asyncio.Future[Tenant | None]] = {}
+        self.last_error: str | None = None
+        self.down_since: float | None = None
+        self._last_try = float("-inf")
+        self._probe: Future[None] | None = None
+        self.lookups = self.queries = 0
+
+    # -- the cache --------------------------------------------------------------------------
+    def _cached(self, key: Key, *, stale: bool = False) -> _Hit | None:
+        with self._lock:
+            hit = self._found.get(key) or self._missing.get(key)
+        if hit is None or (not stale and self.clock() - hit.fetched >= self.ttl_s):
+            return None
+        return hit
+
+    @staticmethod
+    def _answer(hit: _Hit) -> Tenant | None:
+        if hit.error is not None:
+            raise hit.error
+        return hit.tenant
+
+    def _fetch(self, key: Key) -> Tenant | None:
+        """Query the store (blocking), fill the cache; on an outage, the stale hit or a 503."""
+        now = self.clock()
+        with self._lock:
+            fail_fast = self.down_since is not None and now - self._last_try < self.retry_s
+            if not fail_fast:
+                self._last_try = now
+        if fail_fast:
+            return self._during_outage(key)
+        kind, value = key
+        try:
+            self.queries += 1
+            tenant = self.store.by_id(value) if kind == "id" else self.store.by_key_hash(value)
+            hit = _Hit(tenant, None, now)
+        except TenantSourceUnavailable as e:
+            self._went_down(now, e.message)
+            return self._during_outage(key)
+        except ConfigError as e:
+            hit = _Hit(None, e, now)
+        with self._lock:
+            (self._found if hit.tenant is not None else self._missing)[key] = hit
+            if hit.tenant is not None:
+                self._missing.pop(key, None)
+        self._came_back()
+        return self._answer(hit)
+
+    def _during_outage(self, key: Key) -> Tenant | None:
+        hit = self._cached(key, stale=True)
+        if hit is not None and hit.tenant is not None:
+            return hit.tenant  # within ttl + grace (older entries have left the TTLCache)
+        who = f"tenant {key[1]!r}" if key[0] == "id" else "the tenant of this API key"
+        raise TenantSourceUnavailable(f"{who} cannot be looked up: the tenant database is unavailable",
+                                      tenant=key[1] if key[0] == "id" else None)
+
+    def _went_down(self, now: float, reason: str) -> None:
+        with self._lock:
+            if self.down_since is None:
+                self.down_since = now
+            self.last_error = f"tenant database unavailable: {reason}"
+
+    def _came_back(self) -> None:
+        with self._lock:
+            self.down_since, self.last_error = None, None
+
+    # -- lookups ----------------------------------------------------------------------------
+    def lookup_blocking(self, key: Key) -> Tenant | None:
+        self.lookups += 1
+        hit = self._cached(key)
+        return self._answer(hit) if hit is not None else self._fetch(key)
+
+    def get_blocking(self, tenant_id: str) -> Tenant | None:
+        return self.lookup_blocking(("id", tenant_id))
+
+    def by_api_key_blocking(self, raw_key: str) -> Tenant | None:
+        return self.lookup_blocking(("key", hash_api_key(raw_key)))
+
+    async def lookup(self, key: Key) -> Tenant | None:
+        """The tenant for `key`: from the cache, else from the store in a worker thread."""
+        self.lookups += 1
+        hit = self._cached(key)
+        if hit is not None:
+            return self._answer(hit)
+        loop = asyncio.get_running_loop()
+        fut = self._inflight.get(key)
+        if fut is None or fut.get_loop() is not loop:
+            fut = self._inflight[key] = loop.run_in_executor(self._pool, self._fetch, key)
+            fut.add_done_callback(lambda f: self._inflight.pop(key, None) if self._inflight.get(key) is f else None)
+        # shield: a client that goes away must not cancel the query others are waiting for.
+        return await asyncio.shield(fut)
+
+    async def get(self, tenant_id: str) -> Tenant | None:
+        return await self.lookup(("id", tenant_id))
+
+    async def by_api_key(self, raw_key: str) -> Tenant | None:
+        return await self.lookup(("key", hash_api_key(raw_key)))
+
+    # -- health -----------------------------------------------------------------------------
+    def probe_soon(self) -> None:
+        """Check the database in the background, at most every `retry_s` while it is down and
+        every `ttl_s` otherwise, so /x/healthz follows an outage and its end without traffic."""
+        now = self.clock()
+        due = self.retry_s if self.down_since is not None else self.ttl_s
+        with self._lock:
+            if (self._probe is not None and not self._probe.done()) or now - self._last_try < due:
+                return
+            self._last_try = now
+            self._probe = self._pool.submit(self._ping, now)
+
+    def _ping(self, now: float) -> None:
+        try:
+            self.store.ping()
+        except TenantSourceUnavailable as e:
+            self._went_down(now, e.message)
+        else:
+            self._came_back()
+
+    def status(self) -> dict[str, Any]:
+        down = self.down_since
+        with self._lock:
+            found, missing = len(self._found), len(self._missing)
+        return {"source": self.label, "mode": "lookup", "ttl_s": self.ttl_s, "grace_s": self.grace_s,
+                "cached": found, "cached_misses": missing, "lookups": self.lookups, "queries": self.queries,
+                "available": down is None,
+                "down_for_s": round(self.clock() - down, 3) if down is not None else None,
+                "last_error": self.last_error}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+
+class BlockingView:
+    """A TenantLookup seen as a table (`get`, `by_api_key`) by code that may block:
+    the CLI and `/x/rank`, which the addon answers in a thread."""
+
+    def __init__(self, lookup: TenantLookup) -> None:
+        self.lookup = lookup
+
+    def get(self, tenant_id: str) -> Tenant | None:
+        return self.lookup.get_blocking(tenant_id)
+
+    def by_api_key(self, raw_key: str) -> Tenant | None:
+        return self.lookup.by_api_key_blocking(raw_key)
+
+
+DEFAULT_TTL_S = 30.0
+DEFAULT_GRACE_S = 300.0
+
+
+def lookup_mode(source: str) -> bool:
+    """True for a source looked up on demand: PostgreSQL, or SQLite with `mode=lookup`."""
+    if source.startswith(("postgresql://", "postgres://")):
+        return True
+    if not source.startswith("sqlite://"):
+        return False
+    modes = urllib.parse.parse_qs(source.partition("?")[2]).get("mode") or ["table"]
+    if modes[-1] not in ("table", "lookup"):
+        raise ConfigError(f"{source}: mode must be 'table' (load the whole table) or 'lookup' "
+                          f"(one row at a time), got {modes[-1]!r}")
+    return modes[-1] == "lookup"
+
+
+def open_tenants(source: str, *, clock: Callable[[], float], ttl_s: float | None = None,
+                 grace_s: float | None = None, background: bool = False) -> TenantSource | TenantLookup:
+    """The tenant source named by `source` (docs/tenants.md): a table held in memory and
+    reloaded when it changes (YAML, CSV, SQLite), or a database looked up on demand.
+    `ttl_s`: how long a looked-up tenant is cached, or how often a file is checked."""
+    if not lookup_mode(source):
+        return TenantSource(source, clock=clock, background=background,
+                            **({"ttl_s": ttl_s} if ttl_s is not None else {}))
+    if source.startswith("sqlite://"):
+        store: TenantStore = SqliteStore(parse_source(source))
+    else:
+        store = PostgresStore(source)
+    return TenantLookup(store, clock=clock, ttl_s=DEFAULT_TTL_S if ttl_s is None else ttl_s,
+                        grace_s=DEFAULT_GRACE_S if grace_s is None else grace_s)
