@@ -134,7 +134,9 @@ class PostgresStore:
             # Checked on checkout: after the server restarted, a pooled connection is dead,
             # and one round trip is cheaper than failing a lookup with it.
             check=psycopg_pool.ConnectionPool.check_connection, name="routecar-tenants",
-            reconnect_timeout=float("inf"))
+            # A short reconnect_timeout: the pool's backoff has no ceiling, and after a long outage
+            # it would wait minutes before trying again; giving up lets the next lookup start afresh.
+            reconnect_timeout=5.0)
         try:
             self._pool.open(wait=True, timeout=timeout_s)
             with self._pool.connection() as conn:
@@ -224,15 +226,16 @@ class PostgresStore:
 
     def duplicates(self) -> list[str]:
         key = sql.Identifier(KEY_FIELD)
-        queries = [("id", sql.SQL("SELECT id::text FROM {} GROUP BY id HAVING count(*) > 1 LIMIT %s"))]
+        queries = [("id", sql.SQL("SELECT id::text FROM {} GROUP BY id HAVING count(*) > 1 LIMIT %s")
+                    .format(self._table))]
         if self._key_type is not None:
             keys = sql.SQL("unnest({})").format(key) if self._key_is_array else key
-            queries.append((KEY_FIELD, sql.SQL("SELECT k FROM (SELECT {} AS k FROM {{}}) s WHERE k <> '' "
-                                               "GROUP BY k HAVING count(*) > 1 LIMIT %s").format(keys)))
+            queries.append((KEY_FIELD, sql.SQL("SELECT k FROM (SELECT {} AS k FROM {}) s WHERE k <> '' "
+                                               "GROUP BY k HAVING count(*) > 1 LIMIT %s").format(keys, self._table)))
         out = []
         with self._pool.connection() as conn:
             for what, q in queries:
-                for (value,) in conn.execute(q.format(self._table), (_DUPLICATES_SHOWN,)).fetchall():
+                for (value,) in conn.execute(q, (_DUPLICATES_SHOWN,)).fetchall():
                     shown = value if what == "id" else f"{value[:12]}…"
                     out.append(f"{what} {shown!r} is on several rows")
         return out

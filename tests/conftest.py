@@ -6,6 +6,8 @@
 - ``start_proxy(argv, env=None, ready_timeout=20, name="proxy", confdir=None)``:
   start any proxy command that honours ``$ROUTECAR_READY_FILE``; stopped on
   teardown.
+- ``postgres`` (session): a PostgreSQL server started on loopback for the tests
+  (``tests.fakes.postgres.PgServer``); skipped only when its binaries are absent.
 - ``mitmdump_cmd(*extra, scripts=())``: argv for stock mitmdump with the ready
   addon, a free port, ``mitm_confdir`` and lazy upstream connections.
 """
@@ -19,6 +21,7 @@ import pytest
 from mitmproxy.certs import CertStore
 
 from tests.fakes import FakeFleet, ProxyProcess, mitmdump_argv
+from tests.fakes.postgres import PG_BIN_DIRS, PgServer
 
 FAKE_PROVIDERS = (
     "openai",
@@ -92,3 +95,15 @@ def mitmdump_cmd(mitm_confdir: Path) -> Callable[..., list[str]]:
         return mitmdump_argv(mitm_confdir, *extra, scripts=scripts)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    server = PgServer.find()
+    if server is None:
+        pytest.skip(f"no PostgreSQL server binaries (initdb, pg_ctl) in {', '.join(PG_BIN_DIRS)} or "
+                    "$ROUTECAR_PG_BIN (or, as root, no 'postgres' user to run them as)")
+    try:
+        yield server.start()
+    finally:
+        server.destroy()
