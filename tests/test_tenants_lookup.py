@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from routecar.errors import ConfigError, TenantSourceUnavailable
-from routecar.tenant_lookup import TenantLookup, lookup_mode, open_tenants
-from routecar.tenants import Tenant, TenantSource, hash_api_key
+from routecar.tenants.lookup import TenantLookup, lookup_mode, open_tenants
+from routecar.tenants.table import Tenant, TenantSource, hash_api_key
 
 KEY = hash_api_key("sk-acme")
 

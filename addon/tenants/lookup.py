@@ -32,9 +32,10 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from .errors import ConfigError, TenantSourceUnavailable
-from .tenants import Tenant, TenantSource, hash_api_key, parse_source
-from .tenants_db import PostgresStore, SqliteStore, TenantStore
+from ..errors import ConfigError, TenantSourceUnavailable
+from .postgres import PostgresStore
+from .store import SqliteStore, TenantStore
+from .table import Tenant, TenantSource, hash_api_key, parse_source
 
 Key = tuple[str, str]  # ("id", tenant id) or ("key", sha256 hex)
 

@@ -4,9 +4,7 @@ compiled policies from YAML, SQLite (both modes) and PostgreSQL."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,10 @@ import yaml
 
 from routecar.catalog import DEFAULT_CATALOG, load_catalog
 from routecar.errors import ConfigError, TenantSourceUnavailable
-from routecar.tenant_rules import compile_ir, compile_policy, load_rules
-from routecar.tenants import Tenant, hash_api_key, load_tenants, parse_source
-from routecar.tenants_db import PostgresStore, SqliteStore, parse_postgres_url, pg_value
+from routecar.tenants.postgres import PostgresStore, parse_postgres_url, pg_value
+from routecar.tenants.rules import compile_ir, compile_policy, load_rules
+from routecar.tenants.store import SqliteStore
+from routecar.tenants.table import hash_api_key, load_tenants, parse_source
 from tests.fakes.postgres import PgServer, free_port
 from tests.fakes.tenant_tables import write_pg_tenants, write_sqlite_tenants
 
@@ -186,45 +185,3 @@ def test_pg_outage_and_recovery_without_a_new_store(postgres: PgServer, pg_table
     # the pool reconnects by itself: the same store answers again
     assert store.by_id("acme-free").id == "acme-free"
     store.ping()
-
-
-# --- SQLite, mode=lookup -------------------------------------------------------------------------
-
-def test_sqlite_lookup_errors(tmp_path: Path) -> None:
-    db = tmp_path / "x.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE noid (name TEXT)")
-        conn.execute("CREATE TABLE t (id TEXT, api_key_sha256 TEXT, plan TEXT)")
-        conn.execute("INSERT INTO t VALUES ('a', ?, 'free'), ('a', NULL, 'pro'), ('b', ?, '{\"x\": 1}')",
-                     ("d" * 64, "d" * 64 + "|" + "e" * 64))
-    with pytest.raises(ConfigError, match="no table 'nope'"):
-        SqliteStore(parse_source(f"sqlite:///{db}?table=nope"))
-    with pytest.raises(ConfigError, match="has no 'id' column"):
-        SqliteStore(parse_source(f"sqlite:///{db}?table=noid"))
-    with pytest.raises(ConfigError, match="cannot read"):
-        SqliteStore(parse_source(f"sqlite:///{tmp_path}/absent.db?table=t"))
-    store = SqliteStore(parse_source(f"sqlite:///{db}?table=t&mode=lookup"))
-    try:
-        with pytest.raises(ConfigError, match="several rows have id 'a'"):
-            store.by_id("a")
-        with pytest.raises(ConfigError, match="rowid 3 \\(tenant 'b'\\): attribute 'plan'"):
-            store.by_id("b")
-        assert store.duplicates() == ["id 'a' is on several rows"]
-        assert store.unindexed() == ["no index on id: every lookup reads the whole table",
-                                     "no index on api_key_sha256: every lookup reads the whole table"]
-        db.unlink()  # the file going away is an outage, not a crash (a new thread opens it anew)
-        with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(TenantSourceUnavailable):
-            pool.submit(store.ping).result()
-    finally:
-        store.close()
-
-
-def test_sqlite_store_threads_get_their_own_connection(tmp_path: Path) -> None:
-    store = SqliteStore(parse_source(sqlite_url(tmp_path)))
-    try:
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            found = list(pool.map(store.by_id, [t["id"] for t in SHIPPED] * 20))
-        assert [t.id for t in found] == [t["id"] for t in SHIPPED] * 20
-        assert isinstance(found[0], Tenant)
-    finally:
-        store.close()
