@@ -24,7 +24,8 @@ from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
 from .providers import STRIP_HEADERS, Providers
 from .reloading import ReloadingSource
-from .tenants.identify import identify
+from .tenants.identify import Identification, TenantIndex, identify
+from .tenants.lookup import BlockingView, TenantLookup, identify_async
 from .tenants.rules import RuleSet, compile_policy, require_compiles
 from .tenants.table import Tenant, TenantSource
 
@@ -86,7 +87,7 @@ class Engine:
     providers: Providers
     env: Mapping[str, str]
     health: HealthTracker
-    tenants: TenantSource | None = None
+    tenants: TenantSource | TenantLookup | None = None  # a lookup: tenants read from a database on demand
     rules: RuleSet | None = None
     identify_order: tuple[str, ...] = ("header", "api_key", "proxy_auth", "body_user")
     default_policy: str | None = None
@@ -98,9 +99,9 @@ class Engine:
     def __post_init__(self) -> None:
         if self.default_policy:  # a bad default fails at start, not on a request
             self.policies().parse(self.default_policy)
-        if self.default_tenant and self.tenants and self.tenants.current().get(self.default_tenant) is None:
+        if self.default_tenant and self.tenants and self._table().get(self.default_tenant) is None:
             raise ConfigError(f"default tenant {self.default_tenant!r} is not in {self.tenants.label}")
-        if self.tenants is not None and self.rules is not None:
+        if isinstance(self.tenants, TenantSource) and self.rules is not None:
             # A tenant whose attributes do not fit a rule fails the start, not its first
             # request; after a reload it keeps the last good table in service.
             tenants, rules = self.tenants, self.rules
@@ -133,21 +134,43 @@ class Engine:
             hit = self._tenant_policies[tenant] = cache._dedupe(compile_policy(tenant, self.rules, cache.registry))
         return hit
 
+    def _table(self) -> TenantIndex:
+        """The tenants to read from; a database is read through its cache, and may block
+        (the addon awaits `resolve_async` / `dry_run_async` instead)."""
+        assert self.tenants is not None
+        return BlockingView(self.tenants) if isinstance(self.tenants, TenantLookup) else self.tenants.current()
+
     def find_tenant(self, headers: Mapping[str, str], body: Mapping[str, Any],
                     proxy_user: str | None) -> tuple[Tenant | None, str | None]:
         if self.tenants is None:
             if headers.get(TENANT_HEADER):
                 raise UnknownTenant(headers[TENANT_HEADER], "header (no tenant table is configured)")
             return None, None
-        table = self.tenants.current()
+        table = self._table()
         user = body.get("user")
         ident = identify(self.identify_order, headers=headers, proxy_user=proxy_user,
                          body_user=user if isinstance(user, str) else None,
                          api_key=client_api_key(headers), table=table)
+        unclaimed = ident is None or ident.tenant is None
+        return self._settle(ident, table.get(self.default_tenant) if self.default_tenant and unclaimed else None)
+
+    async def _look_up_tenant(self, lookup: TenantLookup, headers: Mapping[str, str], body: Mapping[str, Any],
+                              proxy_user: str | None) -> tuple[Tenant | None, str | None]:
+        """find_tenant for a database: every lookup runs off the event loop. A tenant that cannot
+        be looked up raises TenantSourceUnavailable: never the default tenant, never ungoverned."""
+        user = body.get("user")
+        ident = await identify_async(self.identify_order, headers=headers, proxy_user=proxy_user,
+                                     body_user=user if isinstance(user, str) else None,
+                                     api_key=client_api_key(headers), lookup=lookup)
+        unclaimed = ident is None or ident.tenant is None
+        return self._settle(ident, await lookup.get(self.default_tenant) if self.default_tenant and unclaimed
+                            else None)
+
+    def _settle(self, ident: Identification | None, default: Tenant | None) -> tuple[Tenant | None, str | None]:
+        """The identified tenant, else the default tenant (`default`: its row), else refuse or pass."""
         if ident is not None and ident.tenant is not None:
             return ident.tenant, ident.method
         if self.default_tenant:
-            default = table.get(self.default_tenant)
             if default is None:  # dropped by a reload: refuse rather than pass the call through unrouted
                 raise UnknownTenant(self.default_tenant, "default tenant (no longer in the table)")
             return default, "default"
@@ -155,16 +178,25 @@ class Engine:
             raise UnknownTenant(ident.claimed_id, ident.method)
         return None, None
 
-    def resolve(self, headers: Mapping[str, str], body: Mapping[str, Any],
-                proxy_user: str | None = None) -> Resolved | None:
+    async def resolve_async(self, headers: Mapping[str, str], body: Mapping[str, Any],
+                            proxy_user: str | None = None) -> Resolved | None:
+        """`resolve` for the addon's async hooks: a tenant database is read off the event loop."""
+        if not isinstance(self.tenants, TenantLookup):
+            return self.resolve(headers, body, proxy_user)
+        found = await self._look_up_tenant(self.tenants, headers, body, proxy_user)
+        return self.resolve(headers, body, proxy_user, found=found)
+
+    def resolve(self, headers: Mapping[str, str], body: Mapping[str, Any], proxy_user: str | None = None,
+                *, found: tuple[Tenant | None, str | None] | None = None) -> Resolved | None:
         """The policy for this request, or None to pass it through untouched.
 
-        `headers` must have lower-case names. Raises InvalidPolicy / UnknownTenant.
+        `headers` must have lower-case names; `found`: the (tenant, method) already
+        identified. Raises InvalidPolicy / UnknownTenant / TenantSourceUnavailable.
         """
         cache = self.policies()
         raw = headers.get(POLICY_HEADER)
         req_pol = cache.parse(raw) if raw else None
-        tenant, method = self.find_tenant(headers, body, proxy_user)
+        tenant, method = found if found is not None else self.find_tenant(headers, body, proxy_user)
         ten_pol = self.tenant_policy(tenant) if tenant else None
         policy = cache.conjunction(ten_pol, req_pol)
         if policy is None:
@@ -220,6 +252,21 @@ class Engine:
                 status = 405
             return status, e.to_openai()
 
+    async def dry_run_async(self, method: str, path: str, raw: bytes | None,
+                            extra_health: Callable[[], Mapping[str, Any]] | None = None) -> tuple[int, dict[str, Any]]:
+        """`dry_run` for the addon's async hooks: the tenant a `POST /x/rank` names is looked up
+        off the event loop first, so the ranking finds it in the cache (and a database that is
+        down answers at once: lookups fail fast during an outage)."""
+        if (isinstance(self.tenants, TenantLookup) and method == "POST"
+                and path.split("?", 1)[0].rstrip("/") == "/x/rank"):
+            try:
+                tenant = parse_body(raw, self.max_body).get("tenant")
+                if tenant is not None:
+                    await self.tenants.get(str(tenant))
+            except RoutecarError:
+                pass  # dry_run answers the same error
+        return self.dry_run(method, path, raw, extra_health)
+
     def rank_decision(self, payload: Mapping[str, Any]) -> Decision:
         """The decision `POST /x/rank` and `routecar rank` show: {"policy", "request", "tenant"}."""
         cache = self.policies()
@@ -233,8 +280,7 @@ class Engine:
         tenant_id = payload.get("tenant")
         ten_pol = None
         if tenant_id is not None:
-            table = self.tenants.current() if self.tenants else None
-            tenant = table.get(str(tenant_id)) if table else None
+            tenant = self._table().get(str(tenant_id)) if self.tenants else None
             if tenant is None:
                 raise UnknownTenant(str(tenant_id), "rank request")
             ten_pol = self.tenant_policy(tenant)
@@ -256,7 +302,10 @@ class Engine:
                         "last_error": self.catalog_source.last_error},
             "health": self.health.snapshot(),
         }
-        if self.tenants is not None:
+        if isinstance(self.tenants, TenantLookup):
+            self.tenants.probe_soon()  # in the background: healthz follows an outage without traffic
+            body["tenants"] = self.tenants.status()
+        elif self.tenants is not None:
             table = self.tenants.current()
             body["tenants"] = {"source": self.tenants.label, "version": table.version,
                                "count": len(table.ids()), "last_error": self.tenants.last_error}

@@ -38,7 +38,7 @@ from ..reloading import ReloadingSource
 from ..relay import Relay, StreamStats
 from ..tenants.identify import validate_order
 from ..tenants.rules import load_rules
-from ..tenants.table import TenantSource
+from ..tenants.lookup import TenantLookup, open_tenants
 from ..traces.process import ProcessTraceWriter
 from ..traces.record import TraceRecord
 from ..traces.store import default_traces_path, parse_since
@@ -87,14 +87,21 @@ def new_trace_id() -> str:
     return f"rt_{int(time.time() * 1000):x}{secrets.token_hex(4)}"
 
 
-def _seconds(option: str, value: str) -> float:
+def _seconds(option: str, value: str, *, zero: bool = False) -> float:
     try:
         seconds = float(value)
     except ValueError:
         raise ConfigError(f"{option} must be a number of seconds, got {value!r}") from None
-    if not 0 < seconds < float("inf"):
-        raise ConfigError(f"{option} must be a positive number of seconds, got {value!r}")
+    if not (0 <= seconds if zero else 0 < seconds) or seconds == float("inf"):
+        raise ConfigError(f"{option} must be a {'non-negative' if zero else 'positive'} number of seconds, "
+                          f"got {value!r}")
     return seconds
+
+
+def _close_lookup(tenants: object, engine: Engine | None) -> None:
+    """Close a tenant database's pool unless `engine` (the one in service) still uses it."""
+    if isinstance(tenants, TenantLookup) and (engine is None or engine.tenants is not tenants):
+        tenants.close()
 
 
 def _is_reverse(flow: http.HTTPFlow) -> bool:
@@ -119,8 +126,15 @@ class Router:
         loader.add_option("routecar_providers", str, str(DEFAULT_PROVIDERS),
                           "providers.yaml: base URL, auth style and key variable per provider.")
         loader.add_option("routecar_tenants", str, "",
-                          "Tenant table: tenants.yaml, a .csv file or sqlite:///file.db?table=tenants. "
-                          "Empty: tenants are not used.")
+                          "Tenant table: tenants.yaml, a .csv file or sqlite:///file.db?table=tenants "
+                          "(held in memory), or looked up on demand: postgresql://USER@HOST:PORT/DB?table=tenants "
+                          "or sqlite:///file.db?table=tenants&mode=lookup. Empty: tenants are not used.")
+        loader.add_option("routecar_tenant_ttl", str, "",
+                          "Seconds a tenant looked up in a database stays cached (a change is in effect "
+                          "within it; default 30), or between checks of a tenant file (default 2).")
+        loader.add_option("routecar_tenant_grace", str, "300",
+                          "Seconds a cached tenant is still served past its ttl while the tenant database "
+                          "is down (0: none). Other tenants get 503 tenant_source_unavailable meanwhile.")
         loader.add_option("routecar_rules", str, str(DEFAULT_RULES),
                           "rules.yaml compiling tenant attributes into policy clauses.")
         loader.add_option("routecar_identify", str, "header,api_key,proxy_auth",
@@ -157,15 +171,19 @@ class Router:
                 self._set_allow_hosts()
             return
         o = ctx.options
+        previous, tenants = self.engine, None
         try:
             providers = load_providers(o.routecar_providers)
             # background=True: checks and reloads run in a thread, never in a hook.
             catalog_src = ReloadingSource(
                 o.routecar_catalog, lambda s: check_catalog_providers(load_catalog(s), providers), time.monotonic,
                 background=True)
-            tenants = rules = None
+            rules = None
             if o.routecar_tenants:
-                tenants = TenantSource(o.routecar_tenants, clock=time.monotonic, background=True)
+                tenants = open_tenants(
+                    o.routecar_tenants, clock=time.monotonic, background=True,
+                    ttl_s=_seconds("routecar_tenant_ttl", o.routecar_tenant_ttl) if o.routecar_tenant_ttl else None,
+                    grace_s=_seconds("routecar_tenant_grace", o.routecar_tenant_grace, zero=True))
                 rules = load_rules(o.routecar_rules)
             default_policy = o.routecar_default_policy
             if default_policy.startswith("@"):
@@ -191,7 +209,9 @@ class Router:
             except ValueError as e:
                 raise ConfigError(f"routecar_traces_max_age: {e}") from None
         except (RoutecarError, OSError) as e:
+            _close_lookup(tenants, previous)
             raise exceptions.OptionsError(f"routecar: {getattr(e, 'message', None) or e}") from e
+        _close_lookup(previous.tenants if previous else None, self.engine)
         self._set_allow_hosts()
 
     def _set_allow_hosts(self) -> None:
@@ -240,6 +260,7 @@ class Router:
                      "dry-run: curl -x %s http://routecar.local/x/fields", url, url)
 
     async def done(self) -> None:
+        _close_lookup(self.engine.tenants if self.engine else None, None)
         if self.writer is not None:
             self.writer.close(timeout=10)
         if self.relay is not None:
@@ -262,7 +283,7 @@ class Router:
         req = flow.request
         reverse = _is_reverse(flow)
         if req.pretty_host == LOCAL_HOST or (reverse and req.path.startswith("/x/")):
-            self._dry_run(flow)
+            await self._dry_run(flow)
             return
         if not self._is_llm_call(flow, reverse):
             return
@@ -278,7 +299,7 @@ class Router:
             model = body.get("model")
             state.requested_model = model if isinstance(model, str) else None
             proxy_user = (flow.metadata.get("proxyauth") or (None,))[0]
-            state.resolved = engine.resolve(state.headers, body, proxy_user)
+            state.resolved = await engine.resolve_async(state.headers, body, proxy_user)
             if state.resolved is None:
                 self.passed += 1
                 return  # no policy, no tenant, no default: untouched
@@ -422,9 +443,9 @@ class Router:
         self._catalogs_traced.add(d.catalog.version)
         return d.catalog.to_list()
 
-    def _dry_run(self, flow: http.HTTPFlow) -> None:
+    async def _dry_run(self, flow: http.HTTPFlow) -> None:
         assert self.engine is not None
-        status, body = self.engine.dry_run(flow.request.method, flow.request.path,
+        status, body = await self.engine.dry_run_async(flow.request.method, flow.request.path,
                                            flow.request.get_content(strict=False), self._extra_health)
         flow.response = http.Response.make(status, json.dumps(body, indent=2, default=str).encode(),
                                            {"content-type": "application/json"})

@@ -8,18 +8,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import ConfigError
-from .table import Tenant, TenantTable
+from .table import Tenant
 
-__all__ = ["DEFAULT_ORDER", "IDENTIFICATION_METHODS", "Identification", "TENANT_HEADER", "identify",
+__all__ = ["DEFAULT_ORDER", "IDENTIFICATION_METHODS", "Identification", "TENANT_HEADER", "TenantIndex", "claims",
+           "identify",
            "validate_order"]
 
 IDENTIFICATION_METHODS: tuple[str, ...] = ("header", "api_key", "proxy_auth", "body_user")
 DEFAULT_ORDER: tuple[str, ...] = IDENTIFICATION_METHODS
 TENANT_HEADER = "x-tenant-id"
+
+
+class TenantIndex(Protocol):
+    """What identification reads: a `TenantTable`, or a looked-up database seen as one."""
+
+    def get(self, tenant_id: str) -> Tenant | None: ...
+    def by_api_key(self, raw_key: str) -> Tenant | None: ...
 
 
 @dataclass(frozen=True)
@@ -42,9 +51,27 @@ def validate_order(order: Sequence[str]) -> tuple[str, ...]:
     return tuple(order)
 
 
+def claims(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: str | None,
+           body_user: str | None, api_key: str | None) -> Iterator[tuple[str, str]]:
+    """(method, value) for each method in `order` that has a value: the raw API key for
+    `api_key`, a tenant id for the others. `headers` must have lower-cased names."""
+    for method in validate_order(order):
+        if method == "api_key":
+            claim = api_key
+        elif method == "header":
+            claim = headers.get(TENANT_HEADER)
+        elif method == "proxy_auth":
+            claim = proxy_user
+        else:
+            claim = body_user
+        claim = claim.strip() if isinstance(claim, str) and method != "api_key" else claim
+        if claim:
+            yield method, claim
+
+
 def identify(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: str | None,
              body_user: str | None, api_key: str | None,
-             table: TenantTable) -> Identification | None:
+             table: TenantIndex) -> Identification | None:
     """Apply the identification methods in `order`; the first that yields a claim wins.
 
     `headers` must have lower-cased names. An API key that is not in the table
@@ -53,20 +80,11 @@ def identify(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: st
     value, and an id missing from the table gives `tenant=None`.
     Returns None when no method yields a claim.
     """
-    for method in validate_order(order):
-        if method == "api_key":
-            if api_key:
-                tenant = table.by_api_key(api_key)
-                if tenant is not None:
-                    return Identification(tenant, tenant.id, method)
-            continue
-        if method == "header":
-            claim = headers.get(TENANT_HEADER)
-        elif method == "proxy_auth":
-            claim = proxy_user
-        else:
-            claim = body_user
-        claim = claim.strip() if isinstance(claim, str) else None
-        if claim:
+    for method, claim in claims(order, headers=headers, proxy_user=proxy_user, body_user=body_user,
+                                api_key=api_key):
+        if method != "api_key":
             return Identification(table.get(claim), claim, method)
+        tenant = table.by_api_key(claim)
+        if tenant is not None:
+            return Identification(tenant, tenant.id, method)
     return None

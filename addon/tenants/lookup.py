@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from ..errors import ConfigError, TenantSourceUnavailable
+from .identify import Identification, claims
 from .postgres import PostgresStore
 from .store import SqliteStore, TenantStore
 from .table import Tenant, TenantSource, hash_api_key, parse_source
@@ -192,6 +193,21 @@ class TenantLookup:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.store.close()
+
+
+async def identify_async(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: str | None,
+                         body_user: str | None, api_key: str | None,
+                         lookup: TenantLookup) -> Identification | None:
+    """`identify`, with each claim looked up in the database off the event loop, in order:
+    a method is only looked up when the ones before it yielded no tenant."""
+    for method, claim in claims(order, headers=headers, proxy_user=proxy_user, body_user=body_user,
+                                api_key=api_key):
+        if method != "api_key":
+            return Identification(await lookup.get(claim), claim, method)
+        tenant = await lookup.by_api_key(claim)
+        if tenant is not None:
+            return Identification(tenant, tenant.id, method)
+    return None
 
 
 class BlockingView:
