@@ -25,9 +25,12 @@ from rich.table import Table
 
 from ..catalog import DEFAULT_CATALOG, load_catalog
 from ..errors import InvalidPolicy, RoutecarError
+from ..fields import FieldRegistry
 from ..policy import parse_policy
 from ..providers import DEFAULT_PROVIDERS
 from ..shipped import POLICIES
+from ..tenants.lookup import TenantLookup, check_store, open_tenants
+from ..tenants.rules import RuleSet
 from .render import CliError, render_decision, wide_console
 from .traces import add_commands
 
@@ -103,10 +106,34 @@ def check_config(args: argparse.Namespace) -> int:
     if missing:
         print(f"keys      not set here: {', '.join(missing)} (calls to those providers answer 500 "
               f"provider_key_missing)")
+    if isinstance(engine.tenants, TenantLookup):
+        assert engine.rules is not None
+        return _check_tenant_database(engine.tenants, engine.rules, engine.catalog.registry, args.rules)
     if engine.tenants is not None:
         table = engine.tenants.current()
         print(f"tenants   {engine.tenants.label}: {len(table.ids())} tenant(s), every one compiles "
               f"with {args.rules}")
+    print("ok")
+    return 0
+
+
+def _check_tenant_database(lookup: TenantLookup, rules: RuleSet, registry: FieldRegistry, rules_path: str) -> int:
+    """Connected (or opening the lookup would have failed); now every row, streamed, compiled once."""
+    try:
+        found = check_store(lookup.store, rules, registry)
+    finally:
+        lookup.close()
+    print(f"tenants   {lookup.label}: connected, {found.tenants} tenant(s) read, looked up on demand")
+    for note in found.notes:
+        print(f"note      {note}")
+    if found.failures:
+        print(f"tenants   {found.failures} problem(s) with {rules_path}:", file=sys.stderr)
+        for problem in found.problems:
+            print(f"  {problem}", file=sys.stderr)
+        if found.failures > len(found.problems):
+            print(f"  ... and {found.failures - len(found.problems)} more", file=sys.stderr)
+        return 2
+    print(f"tenants   every one compiles with {rules_path}")
     print("ok")
     return 0
 
@@ -166,8 +193,7 @@ def _tenant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if not getattr(args, "tenants", None):
         return {}
     from ..tenants.rules import load_rules
-    from ..tenants.table import TenantSource
-    return {"tenants": TenantSource(args.tenants, clock=lambda: 0.0), "rules": load_rules(args.rules)}
+    return {"tenants": open_tenants(args.tenants, clock=lambda: 0.0), "rules": load_rules(args.rules)}
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -208,6 +234,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     if args.identify:
         options["routecar_identify"] = args.identify
+    if args.tenant_ttl is not None:
+        options["routecar_tenant_ttl"] = str(args.tenant_ttl)
+    if args.tenant_grace is not None:
+        options["routecar_tenant_grace"] = str(args.tenant_grace)
     if args.proxyauth:
         options["proxyauth"] = args.proxyauth
     if args.save:
@@ -248,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="catalog file or URL")
 
     def tenant_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--tenants", default=None, help="tenant table (yaml, csv, sqlite:///db?table=t)")
+        sp.add_argument("--tenants", default=None,
+                        help="tenant table (yaml, csv, sqlite:///db?table=t) or database looked up on demand "
+                             "(postgresql://USER@HOST:PORT/DB?table=t, sqlite:///db?table=t&mode=lookup)")
         sp.add_argument("--rules", default=str(POLICIES / "rules.yaml"), help="compile rules")
 
     sp = command("run", cmd_run, "run the sidecar proxy")
@@ -259,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--providers", default=str(DEFAULT_PROVIDERS))
     sp.add_argument("--default-policy", help="policy_ir JSON or @file for calls with no policy/tenant")
     sp.add_argument("--default-tenant")
+    sp.add_argument("--tenant-ttl", type=float, help="seconds a tenant looked up in a database stays cached "
+                                                     "(default 30; for a tenant file: seconds between checks, default 2)")
+    sp.add_argument("--tenant-grace", type=float, help="seconds cached tenants are still served while the tenant "
+                                                       "database is down (default 300)")
     sp.add_argument("--identify", help="tenant identification order, e.g. header,api_key,proxy_auth")
     sp.add_argument("--traces", help="trace DB path, or 'off' (default $ROUTECAR_HOME/traces.db)")
     sp.add_argument("--proxyauth", help="mitmproxy proxyauth spec, e.g. 'any' to read tenant ids from "

@@ -260,13 +260,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     Example: routecar compile --tenant umbrella-health
              routecar compile --tenant acme-free --tenants policies/tenants.yaml --json
     """
+    from ..tenants.lookup import TenantLookup, open_tenants
     from ..tenants.rules import compile_policy, load_rules
-    from ..tenants.table import load_tenants
     source = args.tenants or str(DEFAULT_TENANTS)
-    table = load_tenants(source)
-    tenant = table.get(args.tenant)
-    if tenant is None:
-        raise CliError(f"unknown tenant {args.tenant!r} in {source} (known: {', '.join(table.ids())})")
+    tenants = open_tenants(source, clock=lambda: 0.0)
+    if isinstance(tenants, TenantLookup):  # a database: read this one row
+        try:
+            tenant = tenants.get_blocking(args.tenant)
+        finally:
+            tenants.close()
+        if tenant is None:
+            raise CliError(f"unknown tenant {args.tenant!r} in {tenants.label}")
+    else:
+        table = tenants.current()
+        tenant = table.get(args.tenant)
+        if tenant is None:
+            raise CliError(f"unknown tenant {args.tenant!r} in {source} (known: {', '.join(table.ids())})")
     rules = load_rules(args.rules)
     policy = compile_policy(tenant, rules, load_catalog(args.catalog).registry)
     matched = rules.matching(tenant)

@@ -33,8 +33,9 @@ from typing import Any
 from cachetools import TTLCache
 
 from ..errors import ConfigError, TenantSourceUnavailable
+from ..fields import FieldRegistry
 from .identify import Identification, claims
-from .postgres import PostgresStore
+from .rules import RuleSet, compile_policy
 from .store import SqliteStore, TenantStore
 from .table import Tenant, TenantSource, hash_api_key, parse_source
 
@@ -224,6 +225,36 @@ class BlockingView:
         return self.lookup.by_api_key_blocking(raw_key)
 
 
+@dataclass(frozen=True)
+class StoreCheck:
+    """What `routecar check` found in a tenant database (`check_store`)."""
+
+    tenants: int                 # rows read
+    failures: int                # rows that do not parse or whose policy does not compile
+    problems: tuple[str, ...]    # the first failures, duplicate ids/keys (each fails the check)
+    notes: tuple[str, ...]       # missing indexes (slow, not wrong)
+
+
+def check_store(store: TenantStore, rules: RuleSet, registry: FieldRegistry | None, *,
+                shown: int = 20) -> StoreCheck:
+    """Read every row through `store.scan()` (bounded memory: one row at a time, no table kept)
+    and compile each tenant's policy; keep the first `shown` failures."""
+    count = failures = 0
+    problems: list[str] = []
+    for row in store.scan():
+        count += 1
+        try:
+            if isinstance(row, ConfigError):
+                raise row
+            compile_policy(row, rules, registry)
+        except ConfigError as e:
+            failures += 1
+            if len(problems) < shown:
+                problems.append(e.message)
+    dups = store.duplicates()
+    return StoreCheck(count, failures + len(dups), tuple(problems + dups), tuple(store.unindexed()))
+
+
 DEFAULT_TTL_S = 30.0
 DEFAULT_GRACE_S = 300.0
 
@@ -252,6 +283,7 @@ def open_tenants(source: str, *, clock: Callable[[], float], ttl_s: float | None
     if source.startswith("sqlite://"):
         store: TenantStore = SqliteStore(parse_source(source))
     else:
+        from .postgres import PostgresStore  # psycopg is imported only by a sidecar that uses it
         store = PostgresStore(source)
     return TenantLookup(store, clock=clock, ttl_s=DEFAULT_TTL_S if ttl_s is None else ttl_s,
                         grace_s=DEFAULT_GRACE_S if grace_s is None else grace_s)
