@@ -109,7 +109,9 @@ class PostgresStore:
         select = sql.SQL("SELECT * FROM {} WHERE ").format(self._table)
         self._q_id = select + sql.SQL("{} = %s LIMIT 2").format(sql.Identifier("id"))
         key = sql.Identifier(KEY_FIELD)
-        self._q_key = select + (sql.SQL("{} @> ARRAY[%s]::text[] LIMIT 2").format(key) if self._key_is_array
+        # No LIMIT on the array query: with one, the planner estimates that a sequential scan
+        # finds 2 rows soon and skips the GIN index (measured: 24 ms instead of 0.5 ms, 20k rows).
+        self._q_key = select + (sql.SQL("{} @> ARRAY[%s]::text[]").format(key) if self._key_is_array
                                 else sql.SQL("{} = %s LIMIT 2").format(key))
 
     def _describe(self, conn: psycopg.Connection[Any], table: tuple[str, ...]) -> dict[str, str]:
