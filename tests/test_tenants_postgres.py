@@ -18,7 +18,7 @@ from routecar.errors import ConfigError, TenantSourceUnavailable
 from routecar.tenants.postgres import PostgresStore, parse_postgres_url, pg_value
 from routecar.tenants.rules import compile_ir, compile_policy, load_rules
 from routecar.tenants.store import SqliteStore
-from routecar.tenants.table import hash_api_key, load_tenants, parse_source
+from routecar.tenants.table import Tenant, hash_api_key, load_tenants, parse_source
 from tests.fakes.postgres import PgServer, free_port
 from tests.fakes.tenant_tables import write_pg_tenants, write_sqlite_tenants
 
@@ -185,3 +185,13 @@ def test_pg_outage_and_recovery_without_a_new_store(postgres: PgServer, pg_table
     # the pool reconnects by itself: the same store answers again
     assert store.by_id("acme-free").id == "acme-free"
     store.ping()
+
+
+def test_pg_view_over_an_accounts_table(postgres: PgServer, pg_store) -> None:
+    sql(postgres, "DROP VIEW IF EXISTS rc_tenants", "DROP TABLE IF EXISTS accounts",
+        "CREATE TABLE accounts (account_id integer PRIMARY KEY, tier text, internal_note text)",
+        "INSERT INTO accounts VALUES (1, 'free', 'x'), (2, 'pro', 'y')",
+        "CREATE VIEW rc_tenants AS SELECT account_id AS id, tier AS plan FROM accounts")
+    store = pg_store(postgres.url("rc_tenants"))
+    assert store.by_id("2") == Tenant("2", {"plan": "pro"})
+    assert store.unindexed() == ['"rc_tenants" is a view: index the columns of its base table behind id']

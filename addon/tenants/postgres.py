@@ -199,6 +199,12 @@ class PostgresStore:
         return out
 
     def unindexed(self) -> list[str]:
+        with self._pool.connection() as conn:
+            kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                                (self._regclass,)).fetchone()
+        if kind and kind[0] == "v":  # a view has no index of its own
+            return [f"{self._regclass} is a view: index the columns of its base table behind id"
+                    + (f" and {KEY_FIELD}" if self._key_type is not None else "")]
         rows = self._indexes()
         wanted = {"id": ("btree", "hash")}
         if self._key_type is not None:
