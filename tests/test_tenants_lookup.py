@@ -105,8 +105,10 @@ def test_hits_and_misses_are_cached_for_the_ttl(lookup: TenantLookup, store: Fak
 
 def test_bad_row_is_an_error_cached_like_a_miss(lookup: TenantLookup, store: FakeStore) -> None:
     for _ in range(2):
-        with pytest.raises(ConfigError, match="tenant 'broken'"):
+        with pytest.raises(ConfigError) as ei:
             lookup.get_blocking("broken")
+        assert ei.value.message == "row (tenant 'broken'): attribute 'x': bad"  # not the database's URL
+        assert ei.value.tenant == "broken"
     assert store.calls == [("id", "broken")]
 
 

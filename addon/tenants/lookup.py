@@ -102,8 +102,8 @@ class TenantLookup:
         except TenantSourceUnavailable as e:
             self._went_down(now, e.message)
             return self._during_outage(key)
-        except ConfigError as e:
-            hit = _Hit(None, e, now)
+        except ConfigError as e:  # a bad row: refused; the app is told what is wrong, not where the database is
+            hit = _Hit(None, ConfigError(e.message.removeprefix(f"{self.label}: "), tenant=e.tenant), now)
         with self._lock:
             (self._found if hit.tenant is not None else self._missing)[key] = hit
             if hit.tenant is not None:
