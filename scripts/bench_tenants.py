@@ -12,7 +12,9 @@ indexes) and the same tenants in a SQLite file, then:
   2. memory: the RSS of `routecar run` (reverse mode) with no tenants, with the PostgreSQL
      table, with SQLite mode=lookup and with the SQLite table held in memory (mode=table);
      idle after start, then after --touch distinct tenants were looked up through
-     `POST /x/rank` (each lookup cached and its policy compiled).
+     `POST /x/rank` (each lookup cached and its policy compiled);
+  3. `routecar check --tenants …` over the whole table: wall time and peak RSS (streamed from
+     PostgreSQL through a server-side cursor, vs. the SQLite table loaded whole).
 
 Every loop is bounded by count. Prints Markdown tables.
 
@@ -24,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import http.client
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -145,6 +147,20 @@ def bench_sidecar(label: str, tenants: str | None, work: Path, home: Path, n_row
         proc.stop()
 
 
+_PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
+         "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def bench_check(label: str, source: str) -> str:
+    """`routecar check` in a fresh wrapper process whose only child it is: its peak RSS."""
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "routecar.cli", "check",
+                          "--tenants", source], capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    took = time.monotonic() - t0
+    rc, peak_kb = out.stdout.split()
+    return f"| {label} | {rc} | {took:.1f} | {int(peak_kb) / 1024:.0f} |"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -189,6 +205,11 @@ def main() -> int:
                                   ("SQLite mode=lookup", lite_url),
                                   ("SQLite mode=table (in memory)", f"sqlite:///{db}?table=tenants")):
                 print(bench_sidecar(label, source, work, home, args.rows, args.touch), flush=True)
+        print(f"\n### `routecar check --tenants …` over {args.rows} tenants\n")
+        print("| source | exit | wall s | peak RSS MB |\n| --- | --- | --- | --- |")
+        for label, source in (("PostgreSQL (streamed)", pg_url), ("SQLite mode=lookup (streamed)", lite_url),
+                              ("SQLite mode=table (loaded whole)", f"sqlite:///{db}?table=tenants")):
+            print(bench_check(label, source), flush=True)
         pg.close()
     finally:
         server.destroy()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from typing import Any
 
 import openai
@@ -126,6 +128,12 @@ def test_check_and_compile_read_the_database(postgres: PgServer, capsys):
     from_pg = json.loads(capsys.readouterr().out)
     assert main(["compile", "--tenant", "wayne-mixed", "--json"]) == 0  # the shipped YAML
     assert json.loads(capsys.readouterr().out)["digest"] == from_pg["digest"]
+
+    # a real process: it must also exit once done (the lookup's threads and pool never hold it)
+    ranked = subprocess.run([sys.executable, "-m", "routecar.cli", "rank", "--tenant", "initech-eu", "--tenants",
+                             url, "--json"], capture_output=True, text=True, timeout=60)
+    assert ranked.returncode == 0, ranked.stderr
+    assert json.loads(ranked.stdout)["selected"] == "mistral/mistral-small-3"
 
     bad_name, bad_url = table_url(postgres)
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
