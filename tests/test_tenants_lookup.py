@@ -103,6 +103,19 @@ def test_hits_and_misses_are_cached_for_the_ttl(lookup: TenantLookup, store: Fak
     assert lookup.status()["queries"] == 5
 
 
+def test_a_deleted_tenant_is_a_miss_after_the_ttl(lookup: TenantLookup, store: FakeStore, clock: Clock) -> None:
+    assert lookup.get_blocking("globex") is not None
+    del store.rows["globex"]
+    clock.now += 30
+    for _ in range(3):
+        assert lookup.get_blocking("globex") is None
+    assert store.calls == [("id", "globex")] * 2  # the miss replaced the found entry
+    store.down = True
+    clock.now += 31
+    with pytest.raises(TenantSourceUnavailable):  # never the deleted tenant's old record
+        lookup.get_blocking("globex")
+
+
 def test_bad_row_is_an_error_cached_like_a_miss(lookup: TenantLookup, store: FakeStore) -> None:
     for _ in range(2):
         with pytest.raises(ConfigError) as ei:

@@ -1,9 +1,10 @@
 """Tenants looked up on demand in a database, cached (`--tenants postgresql://…`).
 
     lookup = TenantLookup(store, clock=time.monotonic, ttl_s=30, grace_s=300)
-    await lookup.get("acme")            # off the event loop (a thread pool), cached
-    await lookup.by_key_hash(sha256)    # API-key identification
-    lookup.get_blocking("acme")         # the CLI, /x/rank (run in a thread by the addon)
+    await lookup.get("acme")                  # off the event loop (a thread pool), cached
+    await lookup.by_api_key("sk-...")         # API-key identification (by its sha256)
+    await identify_async(order, ..., lookup=lookup)   # `identify`, for the addon
+    lookup.get_blocking("acme")               # the CLI (and BlockingView, a table for sync code)
 
 The cache holds found tenants and misses, each bounded by `max_entries`
 (least recently used first out), so memory grows with the tenants in use,
@@ -40,6 +41,8 @@ from .store import SqliteStore, TenantStore
 from .table import Tenant, TenantSource, hash_api_key, parse_source
 
 Key = tuple[str, str]  # ("id", tenant id) or ("key", sha256 hex)
+DEFAULT_TTL_S = 30.0
+DEFAULT_GRACE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,10 @@ class TenantLookup:
             return self._during_outage(key)
         except ConfigError as e:  # a bad row: refused; the app is told what is wrong, not where the database is
             hit = _Hit(None, ConfigError(e.message.removeprefix(f"{self.label}: "), tenant=e.tenant), now)
-        with self._lock:
-            (self._found if hit.tenant is not None else self._missing)[key] = hit
-            if hit.tenant is not None:
-                self._missing.pop(key, None)
+        with self._lock:  # one entry per key: the newest answer
+            keep, drop = (self._found, self._missing) if hit.tenant is not None else (self._missing, self._found)
+            keep[key] = hit
+            drop.pop(key, None)
         self._came_back()
         return self._answer(hit)
 
@@ -212,8 +215,8 @@ async def identify_async(order: Sequence[str], *, headers: Mapping[str, str], pr
 
 
 class BlockingView:
-    """A TenantLookup seen as a table (`get`, `by_api_key`) by code that may block:
-    the CLI and `/x/rank`, which the addon answers in a thread."""
+    """A TenantLookup seen as a table (`get`, `by_api_key`) by synchronous code: the CLI, and
+    `/x/rank` once the addon has looked its tenant up (`Engine.dry_run_async`)."""
 
     def __init__(self, lookup: TenantLookup) -> None:
         self.lookup = lookup
@@ -243,20 +246,18 @@ def check_store(store: TenantStore, rules: RuleSet, registry: FieldRegistry | No
     problems: list[str] = []
     for row in store.scan():
         count += 1
-        try:
-            if isinstance(row, ConfigError):
-                raise row
-            compile_policy(row, rules, registry)
-        except ConfigError as e:
+        error = row if isinstance(row, ConfigError) else None
+        if error is None:
+            try:
+                compile_policy(row, rules, registry)
+            except ConfigError as e:
+                error = e
+        if error is not None:
             failures += 1
             if len(problems) < shown:
-                problems.append(e.message)
+                problems.append(error.message)
     dups = store.duplicates()
     return StoreCheck(count, failures + len(dups), tuple(problems + dups), tuple(store.unindexed()))
-
-
-DEFAULT_TTL_S = 30.0
-DEFAULT_GRACE_S = 300.0
 
 
 def lookup_mode(source: str) -> bool:
