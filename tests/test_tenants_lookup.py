@@ -161,7 +161,7 @@ def test_outage_serves_cached_tenants_for_the_grace_then_refuses(lookup: TenantL
 
 
 def test_fails_fast_while_down_and_recovers_without_restart(lookup: TenantLookup, store: FakeStore,
-                                                           clock: Clock) -> None:
+                                                           clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
     store.down = True
     with pytest.raises(TenantSourceUnavailable):
         lookup.get_blocking("acme")
@@ -174,6 +174,10 @@ def test_fails_fast_while_down_and_recovers_without_restart(lookup: TenantLookup
     clock.now += 1
     assert lookup.get_blocking("globex").id == "globex"
     assert lookup.status()["available"] is True and lookup.last_error is None
+    # the outage is logged once when it starts and once when it ends, not per lookup
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "routecar: tenant database unavailable: fake://tenants: connection refused",
+        "routecar: tenant database fake://tenants is back after 1.0s"]
 
 
 def test_probe_follows_the_database_without_traffic(lookup: TenantLookup, store: FakeStore,

@@ -24,6 +24,7 @@ Concurrent lookups of one key share one query.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from .rules import RuleSet, compile_policy
 from .store import SqliteStore, TenantStore
 from .table import Tenant, TenantSource, hash_api_key, parse_source
 
+log = logging.getLogger("routecar")
 Key = tuple[str, str]  # ("id", tenant id) or ("key", sha256 hex)
 DEFAULT_TTL_S = 30.0
 DEFAULT_GRACE_S = 300.0
@@ -124,13 +126,19 @@ class TenantLookup:
 
     def _went_down(self, now: float, reason: str) -> None:
         with self._lock:
-            if self.down_since is None:
+            first = self.down_since is None
+            if first:
                 self.down_since = now
             self.last_error = f"tenant database unavailable: {reason}"
+        if first:  # once per outage, not per lookup
+            log.warning("routecar: %s; serving cached tenants for up to %gs past their ttl, "
+                        "refusing the others (503 tenant_source_unavailable)", self.last_error, self.grace_s)
 
     def _came_back(self) -> None:
         with self._lock:
-            self.down_since, self.last_error = None, None
+            since, self.down_since, self.last_error = self.down_since, None, None
+        if since is not None:
+            log.warning("routecar: tenant database %s is back after %.1fs", self.label, self.clock() - since)
 
     # -- lookups ----------------------------------------------------------------------------
     def lookup_blocking(self, key: Key) -> Tenant | None:
