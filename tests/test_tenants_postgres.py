@@ -153,7 +153,8 @@ def test_pg_configuration_errors(postgres: PgServer) -> None:
         (postgres.url("noid"), "table 'noid' has no 'id' column (columns: name)"),
         (postgres.url("badkey"), "column api_key_sha256 is integer: expected text"),
         (postgres.url("bad-name"), "bad table name 'bad-name'"),
-        (f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/postgres?table=t", "cannot connect"),
+        (f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/postgres?table=t", "cannot connect: connection failed"),
+        (postgres.url("tenants", user="nobody"), 'role "nobody" does not exist'),
     ]
     for url, message in cases:
         with pytest.raises(ConfigError) as ei:

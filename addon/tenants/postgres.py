@@ -85,6 +85,15 @@ class PostgresStore:
         if "application_name" not in given:
             extra["application_name"] = "routecar"
         self._conninfo, self._extra = conninfo, extra
+        # One direct connection first: its error says why ("password authentication failed",
+        # "connection refused"), where a pool would only time out.
+        try:
+            with psycopg.connect(conninfo, **extra) as conn:
+                self._columns = self._describe(conn, table)
+        except psycopg.OperationalError as e:
+            raise ConfigError(f"{self.label}: cannot connect: {_first_line(e)}") from None
+        except psycopg.Error as e:
+            raise ConfigError(f"{self.label}: {type(e).__name__}: {_first_line(e)}") from None
         self._pool = psycopg_pool.ConnectionPool(
             conninfo, kwargs=extra, min_size=1, max_size=max_connections, open=False, timeout=timeout_s,
             # Checked on checkout: after the server restarted, a pooled connection is dead,
@@ -93,16 +102,7 @@ class PostgresStore:
             # A short reconnect_timeout: the pool's backoff has no ceiling, and after a long outage
             # it would wait minutes before trying again; giving up lets the next lookup start afresh.
             reconnect_timeout=5.0)
-        try:
-            self._pool.open(wait=True, timeout=timeout_s)
-            with self._pool.connection() as conn:
-                self._columns = self._describe(conn, table)
-        except _UNAVAILABLE as e:
-            self._pool.close()
-            raise ConfigError(f"{self.label}: cannot connect: {_first_line(e)}") from None
-        except ConfigError:
-            self._pool.close()
-            raise
+        self._pool.open(wait=False)
         key_type = self._columns.get(KEY_FIELD)
         self._key_is_array = bool(key_type and key_type.endswith("[]"))
         self._key_type = key_type
