@@ -324,3 +324,78 @@ def _eu_catalog(tmp_path: Path) -> Path:
     out = tmp_path / "eu-catalog.yaml"
     out.write_text(yaml.safe_dump(data))
     return out
+
+
+# -- tenants looked up on demand (SQLite mode=lookup; PostgreSQL: tests/e2e/test_tenants_postgres.py) --
+
+def lookup_table(tmp_path: Path) -> str:
+    import yaml
+
+    from tests.fakes.tenant_tables import write_sqlite_tenants
+    write_sqlite_tenants(tmp_path / "t.db", "tenants", yaml.safe_load(Path(TENANTS).read_text())["tenants"])
+    return f"sqlite:///{tmp_path}/t.db?table=tenants&mode=lookup"
+
+
+@pytest.mark.parametrize("opts,message", [
+    ({"routecar_tenant_ttl": "0"}, "routecar_tenant_ttl must be a positive number"),
+    ({"routecar_tenant_grace": "-1"}, "routecar_tenant_grace must be a non-negative number"),
+    ({"routecar_tenant_grace": "soon"}, "routecar_tenant_grace must be a number of seconds"),
+])
+def test_bad_tenant_cache_option_fails_at_configure(tmp_path: Path, opts, message):
+    router = Router()
+    with taddons.context(router) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=message):
+            tctx.configure(router, routecar_tenants=lookup_table(tmp_path), **opts)
+
+
+def test_bad_lookup_mode_fails_at_configure(tmp_path: Path):
+    router = Router()
+    with taddons.context(router) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="mode must be 'table'"):
+            tctx.configure(router, routecar_tenants=lookup_table(tmp_path).replace("lookup", "lazy"))
+
+
+def test_looked_up_tenants_route_and_an_unreachable_one_is_503(tmp_path: Path):
+    from routecar.errors import TenantSourceUnavailable
+
+    class DownStore:
+        label = "sqlite:///gone.db"
+
+        def by_id(self, tenant_id: str) -> None:
+            raise TenantSourceUnavailable(f"{self.label}: disk I/O error")
+
+        by_key_hash = by_id
+
+        def close(self) -> None:
+            pass
+
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=lookup_table(tmp_path), routecar_tenant_ttl="60",
+                       routecar_default_tenant="stark-vip")
+            lookup = router.engine.tenants
+            f = flow(headers=[("X-Tenant-Id", "initech-eu"), ("X-Route-Policy", json.dumps(
+                {"rules": [["eq", "provider", "openai"]]}))])
+            await router.request(f)  # found in the table: EU only, so openai is nothing
+            assert f.response.status_code == 400 and error_of(f)["code"] == "no_candidate"
+            assert f.metadata["routecar"].resolved.tenant == "initech-eu"
+            lookup.store.close()
+            lookup.store = DownStore()  # the database goes away; stark-vip (default) and initech-eu are cached
+            for headers, tenant in (([("X-Tenant-Id", "umbrella-health")], "umbrella-health"),
+                                    ([("Authorization", "Bearer sk-never-seen")], None)):
+                f = flow(headers=headers)
+                await router.request(f)
+                assert f.response.status_code == 503, f.response.content
+                err = error_of(f)
+                assert err["code"] == "tenant_source_unavailable" and "gone.db" not in err["message"]
+                assert f.response.headers["x-route-trace-id"].startswith("rt_")
+                assert f.request.host == "api.openai.com"  # never rewritten towards a provider
+                assert f.metadata["routecar"].resolved is None  # neither the default tenant nor ungoverned
+            f = flow(headers=[("X-Tenant-Id", "initech-eu"), ("X-Route-Policy", json.dumps(
+                {"rules": [["eq", "provider", "openai"]]}))])
+            await router.request(f)  # still cached: served
+            assert error_of(f)["code"] == "no_candidate"
+            status = router.engine.healthz({})
+            assert status["status"] == "degraded" and status["tenants"]["available"] is False
+    run(body)
