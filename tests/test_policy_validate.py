@@ -30,6 +30,7 @@ def rule_errors(rule: Any) -> list[tuple[str, str]]:
 
 
 EXPR_ONE = 'an expression is a non-empty list like ["eq", field, value], got '
+OPS = "; operators: eq ne in nin cmp has and or not"
 
 # (expression, [(path, message), ...]) -- the expression is placed at rules[0].
 EXPR_CASES: list[tuple[Any, list[tuple[str, str]]]] = [
@@ -65,7 +66,11 @@ EXPR_CASES: list[tuple[Any, list[tuple[str, str]]]] = [
     (["cmp", "region", "ge", 1], [("rules[0]", "operator 'cmp' does not apply to field 'region' of type string")]),
     (["cmp", "zdr", "ge", 1], [("rules[0]", "operator 'cmp' does not apply to field 'zdr' of type boolean")]),
     (["cmp", "price_in", "gte", 1],
-     [("rules[0][2]", "unknown comparison 'gte' (did you mean 'gt'?); use one of ge, gt, le, lt")]),
+     [("rules[0][2]", "unknown comparison 'gte' (did you mean 'ge'?); use one of ge, gt, le, lt")]),
+    (["cmp", "price_in", "<=", 1],
+     [("rules[0][2]", "unknown comparison '<=' (did you mean 'le'?); use one of ge, gt, le, lt")]),
+    (["cmp", "price_in", "gtt", 1],
+     [("rules[0][2]", "unknown comparison 'gtt' (did you mean 'gt'?); use one of ge, gt, le, lt")]),
     (["cmp", "price_in", 1, 1], [("rules[0][2]", "comparison must be a string, one of ge, gt, le, lt, got number")]),
     (["cmp", "price_in", "ge", "1"], [("rules[0][3]", "value for 'price_in' must be a number, got string")]),
     (["cmp", "price_in", "ge", None], [("rules[0][3]", "value for 'price_in' must be a number, got null")]),
@@ -87,12 +92,19 @@ EXPR_CASES: list[tuple[Any, list[tuple[str, str]]]] = [
      [("rules[0][1][1]", "unknown field 'regoin' (did you mean 'region'?)"),
       ("rules[0][2][3]", "value for 'price_in' must be a number, got string")]),
     (["or", ["eq", "region", "eu"], "eq"], [("rules[0][2]", EXPR_ONE + "string")]),
-    (["not", ["eqq", "region", "eu"]], [("rules[0][1][0]", "unknown operator 'eqq' (did you mean 'eq'?)")]),
-    (["or", ["nn", "region", ["eu"]]], [("rules[0][1][0]", "unknown operator 'nn' (did you mean 'nin'?)")]),
+    (["not", ["eqq", "region", "eu"]], [("rules[0][1][0]", "unknown operator 'eqq' (did you mean 'eq'?)" + OPS)]),
+    (["or", ["nn", "region", ["eu"]]], [("rules[0][1][0]", "unknown operator 'nn' (did you mean 'nin'?)" + OPS)]),
     (["and"] + [["eq", "region", "eu"]] * (MAX_LIST + 1), [("rules[0]", f"'and' with more than {MAX_LIST} expressions")]),
     # shape of an expression
-    (["equals", "region", "eu"], [("rules[0][0]", "unknown operator 'equals'")]),
-    (["cmpp", "price_in", "ge", 1], [("rules[0][0]", "unknown operator 'cmpp' (did you mean 'cmp'?)")]),
+    (["equals", "region", "eu"], [("rules[0][0]", "unknown operator 'equals' (did you mean 'eq'?)" + OPS)]),
+    (["$in", "region", ["eu"]], [("rules[0][0]", "unknown operator '$in' (did you mean 'in'?)" + OPS)]),
+    (["!=", "region", "eu"], [("rules[0][0]", "unknown operator '!=' (did you mean 'ne'?)" + OPS)]),
+    (["frob", "region", "eu"], [("rules[0][0]", "unknown operator 'frob'" + OPS)]),
+    (["gte", "price_in", 1],
+     [("rules[0][0]", "unknown operator 'gte': comparisons are written [\"cmp\", field, \"ge\", number]")]),
+    (["lt", "price_in", 1],
+     [("rules[0][0]", "unknown operator 'lt': comparisons are written [\"cmp\", field, \"lt\", number]")]),
+    (["cmpp", "price_in", "ge", 1], [("rules[0][0]", "unknown operator 'cmpp' (did you mean 'cmp'?)" + OPS)]),
     ([], [("rules[0]", EXPR_ONE + "an empty list")]),
     ("eq", [("rules[0]", EXPR_ONE + "string")]),
     (5, [("rules[0]", EXPR_ONE + "number")]),

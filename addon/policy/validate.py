@@ -43,9 +43,35 @@ class PolicyErrorItem:
         return {"path": self.path, "message": self.message}
 
 
+# Spellings users bring from SQL, Mongo or JavaScript. difflib alone maps 'gte' to 'gt'
+# (one letter away) when the user meant 'ge', and finds nothing for 'equals' or '>='.
+OP_ALIASES = {
+    "gte": "ge", "geq": "ge", ">=": "ge", "=>": "ge", "lte": "le", "leq": "le", "<=": "le", "=<": "le",
+    ">": "gt", "<": "lt", "equals": "eq", "equal": "eq", "is": "eq", "=": "eq", "==": "eq", "===": "eq",
+    "neq": "ne", "!=": "ne", "<>": "ne", "not_equals": "ne", "not_in": "nin", "notin": "nin",
+    "contains": "has", "includes": "has",
+}
+
+
 def suggest(word: str, choices: Any) -> str:
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def meant_op(word: str, choices: Any) -> str | None:
+    """The operator among `choices` that `word` most likely means: itself, a known alias
+    ('gte' -> 'ge', '$eq' -> 'eq', '==' -> 'eq'), or a close spelling."""
+    key = word.strip().lower().lstrip("$")
+    for meant in (key, OP_ALIASES.get(key)):
+        if meant in choices:
+            return meant
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def suggest_op(word: str, choices: Any) -> str:
+    meant = meant_op(word, choices)
+    return f" (did you mean {meant!r}?)" if meant and meant != word else ""
 
 
 def _type_name(v: Any) -> str:
@@ -116,7 +142,13 @@ class _Walk:
             return None
         check = _CHECKERS.get(op)
         if check is None:
-            self.err(f"{path}[0]", f"unknown operator {_shown(op)}{suggest(op, EXPR_OPS)}")
+            comparison = meant_op(op, CMP_OPS) if op.strip().lower().lstrip("$") not in EXPR_OPS else None
+            if comparison and len(e) == 3:  # ["gte", field, 0.5]: comparisons are spelt with "cmp"
+                self.err(f"{path}[0]", f"unknown operator {_shown(op)}: comparisons are written "
+                                       f"[\"cmp\", field, \"{comparison}\", number]")
+            else:
+                self.err(f"{path}[0]", f"unknown operator {_shown(op)}{suggest_op(op, EXPR_OPS)}; "
+                                       f"operators: {' '.join(EXPR_OPS)}")
             return None
         return check(self, e, path, depth)
 
@@ -195,7 +227,7 @@ def _cmp(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
         w.err(f"{path}[2]", f"comparison must be a string, one of ge, gt, le, lt, got {_type_name(op)}")
         ok = False
     elif op not in CMP_OPS:
-        w.err(f"{path}[2]", f"unknown comparison {_shown(op)}{suggest(op, CMP_OPS)}; use one of ge, gt, le, lt")
+        w.err(f"{path}[2]", f"unknown comparison {_shown(op)}{suggest_op(op, CMP_OPS)}; use one of ge, gt, le, lt")
         ok = False
     good, v = w.value(f, e[3], f"{path}[3]")
     return ["cmp", f.name, op, v] if ok and good else None
