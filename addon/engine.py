@@ -22,6 +22,7 @@ from .errors import (BadRequest, ConfigError, InvalidPolicy, NoCandidate, Payloa
                      UnknownTenant)
 from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
+from .policy.hints import catalog_warnings
 from .providers import STRIP_HEADERS, Providers
 from .reloading import ReloadingSource
 from .tenants.identify import Identification, TenantIndex, identify
@@ -290,8 +291,10 @@ class Engine:
         return evaluate(policy, self.catalog, RequestProfile.from_body(req_body), self.health)
 
     def rank(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        out = self.rank_decision(payload).to_dict()
+        decision = self.rank_decision(payload)
+        out = decision.to_dict()
         out["tenant"] = payload.get("tenant")
+        out["warnings"] = [w.to_dict() for w in catalog_warnings(decision.policy, decision.catalog)]
         return out
 
     def healthz(self, extra: Mapping[str, Any]) -> dict[str, Any]:

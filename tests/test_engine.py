@@ -368,6 +368,15 @@ def test_dry_run_rank_tenant_and_policy_combine(engine):
     status, body = engine.dry_run("POST", "/x/rank", json.dumps(payload).encode())
     assert status == 200
     assert body["selected"] is None and body["ranked"] == []
+    assert body["warnings"] == []
+
+
+def test_dry_run_rank_warns_about_values_no_entry_has(engine):
+    payload = {"policy": {"rules": [["eq", "region", "EU"]]}}
+    status, body = engine.dry_run("POST", "/x/rank", json.dumps(payload).encode())
+    assert (status, body["selected"]) == (200, None)
+    assert body["warnings"] == [{"path": "rules[0][2]",
+                                 "message": "no catalog entry has region 'EU' (did you mean 'eu'?); known: cn, eu, us"}]
 
 
 def test_dry_run_rank_tenant_without_table(make_engine):
