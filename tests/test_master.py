@@ -112,8 +112,42 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         proc, _, _ = _start(tmp_path, "reverse:http://127.0.0.1:9", port=port)
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 1
-    assert "address already in use" in err
-    assert "Traceback" not in err + out
+    assert err.strip() == (f"routecar: cannot listen on 127.0.0.1:{port}: address already in use; choose "
+                           f"another address with --listen HOST:PORT (port 0 picks a free one)")
+    assert "--mode" not in out  # not mitmproxy's advice, and said once
+
+
+def test_routecar_run_port_in_use_names_listen_once(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([PY, "-m", "routecar.cli", "run", "--listen", f"127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=30,
+                           env={"ROUTECAR_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1
+    assert r.stderr.count("address already in use") == 1 and "--listen HOST:PORT" in r.stderr
+    assert "--mode" not in r.stdout + r.stderr
+
+
+def test_listen_problems_follow_the_mode_spec() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert lean.listen_problems("127.0.0.1", 0, ["regular"]) == []
+        assert lean.listen_problems("127.0.0.1", 0, [f"regular@{port}"]) == [
+            f"cannot listen on 127.0.0.1:{port}: address already in use"]
+        assert lean.listen_problems("127.0.0.1", port, ["regular@0"]) == []
+
+
+def test_addon_config_error_has_one_routecar_prefix(tmp_path: Path) -> None:
+    r = subprocess.run([PY, "-m", "routecar.cli", "run", "--listen", "127.0.0.1:0", "--catalog",
+                        str(tmp_path / "missing.yaml")], capture_output=True, text=True, timeout=30,
+                       env={"ROUTECAR_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1
+    assert f"routecar: cannot read {tmp_path / 'missing.yaml'}" in r.stderr
+    assert "routecar: routecar:" not in r.stderr
 
 
 def test_unknown_option_is_a_clear_error(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -49,6 +50,7 @@ from mitmproxy.addons import proxyserver
 from mitmproxy.addons import save
 from mitmproxy.addons import tlsconfig
 from mitmproxy.addons import upstream_auth
+from mitmproxy.proxy.mode_specs import ProxyMode
 
 READY_FILE_ENV = "ROUTECAR_READY_FILE"
 CA_BASENAME = "mitmproxy"  # mitmproxy's own file names, so `mitmdump --set confdir=` shares the CA
@@ -198,6 +200,38 @@ async def build_master(
     return m
 
 
+def listen_problems(listen_host: str, listen_port: int, mode: Sequence[str]) -> list[str]:
+    """Why the proxy could not bind its listen addresses (port in use, not permitted, no such
+    address), checked before mitmproxy tries: its own message suggests `--mode regular@PORT`
+    and is printed twice, where routecar's users set `--listen`. Empty when all are free."""
+    problems: list[str] = []
+    for spec in mode:
+        try:
+            m = ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy reports a bad mode itself
+        host, port = m.listen_host(listen_host), m.listen_port(listen_port)
+        if not port or m.transport_protocol != "tcp":
+            continue  # port 0: any free port
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as e:
+            problems.append(f"cannot listen on {host}:{port}: {e.strerror}")
+            continue
+        for family, kind, proto, _, addr in infos:
+            with socket.socket(family, kind, proto) as s:
+                # The options asyncio's server uses: a port in TIME_WAIT is free, a listening one is not.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    s.bind(addr)
+                except OSError as e:
+                    problems.append(f"cannot listen on {host or '*'}:{port}: {(e.strerror or str(e)).lower()}")
+                    break
+    return problems
+
+
 def run_lean(
     addons: Sequence[object],
     *,
@@ -210,6 +244,11 @@ def run_lean(
     set_specs: Sequence[str] = (),
 ) -> int:
     """Run the proxy until SIGINT/SIGTERM; return the process exit code (0 or 1)."""
+    problems = listen_problems(listen_host, listen_port, mode)
+    if problems:
+        print(f"routecar: {problems[0]}; choose another address with --listen HOST:PORT "
+              f"(port 0 picks a free one)", file=sys.stderr)
+        return 1
 
     async def main() -> int:
         try:
@@ -224,7 +263,8 @@ def run_lean(
                 set_specs=set_specs,
             )
         except exceptions.OptionsError as e:
-            print(f"routecar: {e}", file=sys.stderr)
+            message = str(e)  # the addon's own errors already start with "routecar: "
+            print(message if message.startswith("routecar: ") else f"routecar: {message}", file=sys.stderr)
             return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
