@@ -5,12 +5,15 @@ routecar's CA. Pointing `SSL_CERT_FILE` (and friends) at that CA alone would
 break every other HTTPS call the app makes, so `write_bundle` writes the
 public roots (certifi's Mozilla bundle) plus routecar's CA into one PEM, and
 `env_exports` prints the variables that make common clients use it.
+`reverse_exports` is the other zero-code path: the base-URL variables the
+official SDKs read, for runtimes that ignore `HTTPS_PROXY` (Node 20's `fetch`).
 
 Pure: no mitmproxy import, no network; the caller passes paths and env.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import tempfile
@@ -19,11 +22,15 @@ from pathlib import Path
 
 import certifi
 
-__all__ = ["default_home", "confdir", "write_bundle", "env_exports", "CA_ENV_VARS"]
+__all__ = ["default_home", "confdir", "bundle_path", "write_bundle", "env_exports", "reverse_exports", "env_command",
+           "CA_ENV_VARS", "BASE_URL_VARS"]
 
 # Python ssl/httpx/OpenSSL, requests, curl; Node adds to (not replaces) its roots.
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 NO_PROXY = "localhost,127.0.0.1"
+# What the official SDKs read (Python and Node alike), and the path each appends itself:
+# openai adds "/chat/completions" to a base ending in /v1, anthropic adds "/v1/messages".
+BASE_URL_VARS = (("OPENAI_BASE_URL", "/v1"), ("ANTHROPIC_BASE_URL", ""))
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -36,6 +43,15 @@ def default_home(env: Mapping[str, str]) -> Path:
 def confdir(home: Path) -> Path:
     """Where mitmproxy keeps routecar's CA and certificates."""
     return home / "mitmproxy"
+
+
+def bundle_path(home: Path, ca_dir: Path) -> Path:
+    """Where the trust bundle for the CA in `ca_dir` lives: `home/ca-bundle.pem` for routecar's
+    own CA, a name of its own for another confdir's (e.g. stock mitmdump's ~/.mitmproxy)."""
+    if Path(ca_dir).expanduser().resolve() == confdir(home).expanduser().resolve():
+        return home / "ca-bundle.pem"
+    tag = hashlib.sha256(str(Path(ca_dir).expanduser().resolve()).encode()).hexdigest()[:8]
+    return home / f"ca-bundle-{tag}.pem"
 
 
 def write_bundle(ca_cert: Path, out: Path) -> Path:
@@ -81,6 +97,39 @@ def env_exports(
     pairs.append(("NO_PROXY", NO_PROXY))
     pairs += [(var, str(bundle)) for var in CA_ENV_VARS]
     pairs.append(("NODE_EXTRA_CA_CERTS", str(ca_cert)))
+    # Node 24 (and late 22.x) honour HTTPS_PROXY in fetch only with this; Node 20 ignores it
+    # (use reverse_exports there).
+    pairs.append(("NODE_USE_ENV_PROXY", "1"))
+    return _lines(pairs, shell)
+
+
+def reverse_exports(base_url: str, shell: str = "sh") -> str:
+    """Shell lines pointing the official SDKs' base URLs at a reverse-mode sidecar.
+
+    No proxy and no CA: the app calls routecar at `base_url` in plain HTTP on loopback,
+    so this works for any runtime, including those that ignore `HTTPS_PROXY`.
+    """
+    root = base_url.rstrip("/")
+    return _lines([(var, root + suffix) for var, suffix in BASE_URL_VARS], shell)
+
+
+def env_command(listen_url: str, *, reverse: bool, ca_dir: str | os.PathLike[str],
+                env: Mapping[str, str]) -> str:
+    """The `routecar env` command an app's shell evaluates for a sidecar at `listen_url`.
+
+    A proxy signing with another CA than routecar's own (stock `mitmdump -s` uses its
+    confdir, ~/.mitmproxy by default) gets `--confdir`, so the app trusts that CA.
+    """
+    if reverse:
+        return f"routecar env --reverse {listen_url}"
+    cmd = f"routecar env --proxy {listen_url}"
+    ca_dir = Path(ca_dir).expanduser()
+    if ca_dir.resolve() != confdir(default_home(env)).resolve():
+        cmd += f" --confdir {shlex.quote(str(ca_dir))}"
+    return cmd
+
+
+def _lines(pairs: list[tuple[str, str]], shell: str) -> str:
     if shell == "sh":
         return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in pairs)
     if shell == "fish":

@@ -57,6 +57,7 @@ def test_env_exports_sh() -> None:
         "export REQUESTS_CA_BUNDLE='/h/ca bundle.pem'",
         "export CURL_CA_BUNDLE='/h/ca bundle.pem'",
         "export NODE_EXTRA_CA_CERTS=/h/ca.pem",
+        "export NODE_USE_ENV_PROXY=1",
     ]
     # what a shell would see
     assert shlex.split(text.splitlines()[2]) == ["export", "SSL_CERT_FILE=/h/ca bundle.pem"]
@@ -67,6 +68,22 @@ def test_env_exports_http_proxy_only_when_asked_and_fish() -> None:
     assert text.splitlines()[:2] == ["set -gx HTTPS_PROXY http://p:1", "set -gx HTTP_PROXY http://p:1"]
     with pytest.raises(ValueError, match="unsupported shell 'csh'"):
         cabundle.env_exports("http://p:1", Path("/b"), Path("/c"), shell="csh")
+
+
+def test_reverse_exports_name_the_sdk_base_urls() -> None:
+    assert cabundle.reverse_exports("http://127.0.0.1:4000/").splitlines() == [
+        "export OPENAI_BASE_URL=http://127.0.0.1:4000/v1",
+        "export ANTHROPIC_BASE_URL=http://127.0.0.1:4000",
+    ]
+    assert cabundle.reverse_exports("http://h:1", shell="fish").splitlines()[0] == "set -gx OPENAI_BASE_URL http://h:1/v1"
+
+
+def test_bundle_path_is_per_ca_directory(tmp_path: Path) -> None:
+    home = tmp_path / "rc"
+    assert cabundle.bundle_path(home, home / "mitmproxy") == home / "ca-bundle.pem"
+    other = cabundle.bundle_path(home, tmp_path / ".mitmproxy")
+    assert other.parent == home and other.name.startswith("ca-bundle-") and other != home / "ca-bundle.pem"
+    assert cabundle.bundle_path(home, tmp_path / "x" / ".." / ".mitmproxy") == other
 
 
 @pytest.mark.parametrize(

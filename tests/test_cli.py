@@ -114,6 +114,45 @@ def test_env_prints_exports_with_a_combined_bundle(capsys, tmp_path, monkeypatch
     assert bundle.read_text().count("BEGIN CERTIFICATE") > 10  # public roots + routecar's CA
     assert ca.read_text().strip() in bundle.read_text()
     assert lines["REQUESTS_CA_BUNDLE"] == lines["CURL_CA_BUNDLE"] == str(bundle)
+    assert lines["NODE_USE_ENV_PROXY"] == "1"
+
+
+def test_env_confdir_trusts_that_proxys_ca_and_keeps_routecars_bundle(capsys, tmp_path, monkeypatch):
+    from mitmproxy.certs import CertStore
+    monkeypatch.setenv("ROUTECAR_HOME", str(tmp_path / "rc"))
+    code, out, _ = run(capsys, "env")
+    own_bundle = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())["SSL_CERT_FILE"]
+    own = Path(own_bundle).read_text()
+    CertStore.from_store(tmp_path / ".mitmproxy", "mitmproxy", 2048)  # what stock mitmdump makes
+    code, out, _ = run(capsys, "env", "--confdir", str(tmp_path / ".mitmproxy"))
+    assert code == 0
+    lines = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    assert lines["NODE_EXTRA_CA_CERTS"] == str(tmp_path / ".mitmproxy" / "mitmproxy-ca-cert.pem")
+    ca = Path(lines["NODE_EXTRA_CA_CERTS"]).read_text().strip()
+    assert ca in Path(lines["SSL_CERT_FILE"]).read_text()
+    assert lines["SSL_CERT_FILE"] != own_bundle and Path(own_bundle).read_text() == own  # untouched
+
+
+def test_env_confdir_without_a_ca_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROUTECAR_HOME", str(tmp_path / "rc"))
+    code, out, err = run(capsys, "env", "--confdir", str(tmp_path / "nothing"))
+    assert (code, out) == (2, "")
+    assert err == (f"routecar: no CA certificate at {tmp_path / 'nothing' / 'mitmproxy-ca-cert.pem'} "
+                   f"(mitmproxy writes it to its confdir on first start)\n")
+    assert not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--reverse"], ["export OPENAI_BASE_URL=http://127.0.0.1:4000/v1",
+                     "export ANTHROPIC_BASE_URL=http://127.0.0.1:4000"]),
+    (["--reverse", "http://127.0.0.1:4100", "--shell", "fish"],
+     ["set -gx OPENAI_BASE_URL http://127.0.0.1:4100/v1", "set -gx ANTHROPIC_BASE_URL http://127.0.0.1:4100"]),
+])
+def test_env_reverse_prints_the_sdk_base_urls(capsys, tmp_path, monkeypatch, argv, expected):
+    monkeypatch.setenv("ROUTECAR_HOME", str(tmp_path))
+    code, out, _ = run(capsys, "env", *argv)
+    assert (code, out.splitlines()) == (0, expected)
+    assert list(tmp_path.iterdir()) == []  # no CA needed in reverse mode
 
 
 def test_check_without_a_policy_checks_the_configuration(capsys, monkeypatch):

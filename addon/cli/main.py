@@ -197,15 +197,30 @@ def _tenant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    """Print shell exports that send an unmodified app's HTTPS through routecar.
+    """Print shell exports that send an unmodified app's calls through routecar.
 
-    Example: eval "$(routecar env)" && python my_app.py
+    Regular mode (HTTPS_PROXY + a trust bundle of the public roots and the proxy's CA):
+        eval "$(routecar env)" && python my_app.py
+        eval "$(routecar env --proxy http://127.0.0.1:8080 --confdir ~/.mitmproxy)"   # stock mitmdump's CA
+    Reverse mode (OPENAI_BASE_URL / ANTHROPIC_BASE_URL; for Node, whose fetch ignores HTTPS_PROXY):
+        routecar run --mode reverse:https://api.openai.com --listen 127.0.0.1:4000
+        eval "$(routecar env --reverse http://127.0.0.1:4000)" && node app.mjs
     """
-    from ..cabundle import confdir, default_home, env_exports, write_bundle
-    from ..mitm.master import ensure_ca
+    from ..cabundle import bundle_path, confdir, default_home, env_exports, reverse_exports, write_bundle
+    if args.reverse:
+        sys.stdout.write(reverse_exports(args.reverse, args.shell))
+        return 0
+    from ..mitm.master import CA_BASENAME, ensure_ca
     home = default_home(os.environ)
-    ca = ensure_ca(confdir(home))
-    bundle = write_bundle(ca, home / "ca-bundle.pem")
+    if args.confdir:  # another proxy's CA (stock mitmdump): use it, never mint a new one
+        cdir = Path(args.confdir).expanduser()
+        ca = cdir / f"{CA_BASENAME}-ca-cert.pem"
+        if not ca.is_file():
+            raise CliError(f"no CA certificate at {ca} (mitmproxy writes it to its confdir on first start)")
+    else:
+        cdir = confdir(home)
+        ca = ensure_ca(cdir)
+    bundle = write_bundle(ca, bundle_path(home, cdir))
     sys.stdout.write(env_exports(args.proxy, bundle, ca, args.shell))
     return 0
 
@@ -304,8 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option")
 
     sp = command("env", cmd_env, "print shell exports for zero-code adoption")
-    sp.add_argument("--proxy", default="http://127.0.0.1:8080")
-    sp.add_argument("--shell", default="sh", choices=["sh", "fish"])
+    sp.add_argument("--proxy", default="http://127.0.0.1:8080", metavar="URL",
+                    help="the sidecar's address in regular mode (default http://127.0.0.1:8080)")
+    sp.add_argument("--confdir", metavar="DIR",
+                    help="trust the CA of the mitmproxy confdir DIR instead of routecar's own "
+                         "(stock mitmdump: ~/.mitmproxy, or its --set confdir=DIR)")
+    sp.add_argument("--reverse", nargs="?", const="http://127.0.0.1:4000", metavar="URL",
+                    help="print OPENAI_BASE_URL / ANTHROPIC_BASE_URL for a reverse-mode sidecar at URL "
+                         "(default http://127.0.0.1:4000) instead of proxy settings")
+    sp.add_argument("--shell", default="sh", choices=["sh", "fish"], help="syntax of the exports (default sh)")
 
     sp = command("check", cmd_check, "validate a policy (or, without one, the sidecar's configuration)")
     sp.add_argument("policy", nargs="?", help="policy file, '-' for stdin, or inline JSON")

@@ -28,6 +28,7 @@ import aiohttp
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
+from ..cabundle import env_command
 from ..catalog import DEFAULT_CATALOG, load_catalog
 from ..engine import Engine, Resolved, check_catalog_providers, parse_body
 from ..errors import ConfigError, RoutecarError
@@ -252,12 +253,15 @@ class Router:
         host, port = addrs[0][0], addrs[0][1]
         host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
         url = f"http://{host}:{port}"
-        if any(m.startswith("reverse") for m in ctx.options.mode):
-            log.info("routecar: reverse mode: point the app's base URL at %s/v1; dry-run: curl %s/x/fields",
-                     url, url)
+        reverse = any(m.startswith("reverse") for m in ctx.options.mode)
+        # The CA this proxy signs with: routecar run's, or stock mitmdump's own confdir.
+        cmd = env_command(url, reverse=reverse, ca_dir=ctx.options.confdir, env=os.environ)
+        if reverse:
+            log.info('routecar: reverse mode: eval "$(%s)" in the app\'s shell (base URLs %s/v1 for openai, '
+                     "%s for anthropic); dry-run: curl %s/x/fields", cmd, url, url, url)
         else:
-            log.info('routecar: regular mode: eval "$(routecar env --proxy %s)" in the app\'s shell; '
-                     "dry-run: curl -x %s http://routecar.local/x/fields", url, url)
+            log.info('routecar: regular mode: eval "$(%s)" in the app\'s shell; '
+                     "dry-run: curl -x %s http://routecar.local/x/fields", cmd, url)
 
     async def done(self) -> None:
         _close_lookup(self.engine.tenants if self.engine else None, None)
