@@ -29,9 +29,13 @@ ensure_venv() {
   # Reinstall only when pyproject.toml changed since the last install.
   local stamp="$VENV/.routecar-installed"
   if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-    echo "==> installing routecar[test] into $VENV" >&2
+    echo "==> installing routecar[test] into $VENV (first run only; about a minute)" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" >&2
+    # One line per package as pip gets to it (not a minute of silence); errors still show in full.
+    ( set -o pipefail
+      "$VENV/bin/python" -m pip install --progress-bar off -e "$ROOT[test]" 2>&1 \
+        | grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed|ERROR|error)' \
+        | sed -u -e 's/ (from .*//' -e 's/^/    /' -e 's/^\(.\{110\}\).*/\1 .../' >&2 )
     touch "$stamp"
   fi
   export PATH="$VENV/bin:$PATH"

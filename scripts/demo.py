@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """routecar demo: loopback fake providers + the sidecar + an unmodified openai SDK app.
 
-    scripts/demo            # (creates .venv on first run)
+    scripts/demo                      # (creates .venv on first run)
+    scripts/demo --db ./demo.db       # keep the traces here (default ~/.routecar/demo-traces.db)
 
 1. starts a fake OpenAI-compatible provider on 127.0.0.1 for each provider of
    the default catalog (openai, anthropic, google, mistral, azure, groq, ...);
@@ -10,14 +11,18 @@
 3. runs an app that only has HTTPS_PROXY and SSL_CERT_FILE set, once per example
    tenant and once with a request policy header;
 4. prints what routecar decided for each call, then `routecar explain` for the
-   call whose first choice failed and fell back.
+   call whose first choice failed and fell back, and the exact commands to look
+   at its traces again: the trace DB is kept (`--db`), everything else it made
+   is removed.
 Everything it starts is stopped on exit, Ctrl-C included. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -33,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from routecar.cabundle import write_bundle  # noqa: E402
+from routecar.cabundle import default_home, write_bundle  # noqa: E402
 from tests.fakes import FakeFleet, ProxyProcess  # noqa: E402
 from tests.fakes.config import write_loopback_providers  # noqa: E402
 
@@ -72,8 +77,26 @@ def wait_for_traces(db: Path, ids: list[str], timeout: float = 10.0) -> dict[str
     return rows
 
 
-def main() -> int:
-    console = Console(width=max(150, Console().width))
+def routecar_command(*args: str) -> str:
+    """A `routecar ...` command line that works when pasted in the user's shell, here."""
+    exe = Path(sys.executable).parent / "routecar"
+    on_path = shutil.which("routecar", path=os.environ.get("ROUTECAR_CALLER_PATH", os.environ.get("PATH")))
+    if on_path and Path(on_path).resolve() == exe.resolve():
+        shown = "routecar"
+    else:
+        rel = os.path.relpath(exe, Path.cwd())
+        shown = rel if not rel.startswith("..") else str(exe)
+    return shlex.join([shown, *args])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="routecar demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", type=Path, default=default_home(os.environ) / "demo-traces.db",
+                        help="trace database to write and keep (default: $ROUTECAR_HOME/demo-traces.db, "
+                             "else ~/.routecar/demo-traces.db)")
+    args = parser.parse_args(argv)
+    console = Console()  # fits the terminal; plain (no colour) into a pipe
     work = Path(tempfile.mkdtemp(prefix="routecar-demo-"))
     fleet: FakeFleet | None = None
     proxy: ProxyProcess | None = None
@@ -88,7 +111,7 @@ def main() -> int:
         fleet.set_script("anthropic", [{"status": 503, "times": 1}])
 
         console.print("[bold]2.[/] routecar run (regular mode, tenants from policies/tenants.yaml)")
-        home, traces = work / "home", work / "traces.db"
+        home, traces = work / "home", args.db.expanduser().resolve()
         env = {"ROUTECAR_HOME": str(home), **keys}
         proxy = ProxyProcess.start(
             [sys.executable, "-m", "routecar.cli", "run", "--listen", "127.0.0.1:0",
@@ -127,9 +150,15 @@ def main() -> int:
         if fell_back:
             console.print(f"[bold]4.[/] routecar explain {fell_back}  (its first choice failed)")
             subprocess.run([sys.executable, "-m", "routecar.cli", "explain", fell_back, "--db", str(traces)],
-                           timeout=60, env={**os.environ, "COLUMNS": "110"})
+                           timeout=60)
         ok = len(results) == len(CALLS) and len(rows) == len(ids) and fell_back is not None
         console.print("[green]demo finished[/]" if ok else "[red]demo incomplete[/]")
+        console.print(f"The traces are kept in {traces}; look again with:", highlight=False, soft_wrap=True)
+        again = [["traces", "--db", str(traces)]]
+        if fell_back or ids:
+            again.append(["explain", fell_back or ids[-1], "--db", str(traces)])
+        for command in again:
+            console.print("  " + routecar_command(*command), markup=False, highlight=False, soft_wrap=True)
         return 0 if ok else 1
     except KeyboardInterrupt:
         console.print("interrupted: cleaning up")
