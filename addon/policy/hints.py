@@ -13,13 +13,13 @@ hints are separate questions: a warning never makes a policy invalid.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..catalog import Catalog
 from ..fields import NUMERIC
 from .model import Policy
+from .spelling import suggest_value
 from .validate import PolicyErrorItem
 
 __all__ = ["catalog_warnings"]
@@ -78,7 +78,7 @@ def _check_leaf(expr: list[Any], path: str, known: Mapping[str, set[Any]],
     what = "capability" if name == "capabilities" else name
     for vpath, v in values:
         if v not in known[name]:
-            yield PolicyErrorItem(vpath, f"no catalog entry has {what} {v!r}{_did_you_mean(v, known[name])}; "
+            yield PolicyErrorItem(vpath, f"no catalog entry has {what} {v!r}{suggest_value(v, {str(k) for k in known[name]})}; "
                                          f"known: {_listed(known[name])}")
 
 
@@ -91,13 +91,6 @@ def _check_range(name: str, cmp: str, bound: float, path: str, values: set[Any])
     if not passes:
         yield PolicyErrorItem(f"{path}[3]", f"no catalog entry has {name} {cmp} {bound:g}: "
                                             f"the catalog's values range from {lo:g} to {hi:g}")
-
-
-def _did_you_mean(value: str, known: set[Any]) -> str:
-    strings = sorted(str(k) for k in known)
-    folded = [k for k in strings if k.casefold() == value.casefold()]
-    match = folded or difflib.get_close_matches(value, strings, n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def _listed(values: Sequence[Any] | set[Any]) -> str:

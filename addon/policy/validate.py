@@ -8,7 +8,6 @@ sorted and de-duplicated) so the parser needs only one walk.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..fields import NUMERIC, FieldRegistry
+from .spelling import meant_op, suggest, suggest_op
 
 SCHEMA = "sigma-pol/v1"
 TOP_KEYS = ("schema", "rules", "rank", "fallback", "no_log")
@@ -41,37 +41,6 @@ class PolicyErrorItem:
 
     def to_dict(self) -> dict[str, str]:
         return {"path": self.path, "message": self.message}
-
-
-# Spellings users bring from SQL, Mongo or JavaScript. difflib alone maps 'gte' to 'gt'
-# (one letter away) when the user meant 'ge', and finds nothing for 'equals' or '>='.
-OP_ALIASES = {
-    "gte": "ge", "geq": "ge", ">=": "ge", "=>": "ge", "lte": "le", "leq": "le", "<=": "le", "=<": "le",
-    ">": "gt", "<": "lt", "equals": "eq", "equal": "eq", "is": "eq", "=": "eq", "==": "eq", "===": "eq",
-    "neq": "ne", "!=": "ne", "<>": "ne", "not_equals": "ne", "not_in": "nin", "notin": "nin",
-    "contains": "has", "includes": "has",
-}
-
-
-def suggest(word: str, choices: Any) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def meant_op(word: str, choices: Any) -> str | None:
-    """The operator among `choices` that `word` most likely means: itself, a known alias
-    ('gte' -> 'ge', '$eq' -> 'eq', '==' -> 'eq'), or a close spelling."""
-    key = word.strip().lower().lstrip("$")
-    for meant in (key, OP_ALIASES.get(key)):
-        if meant in choices:
-            return meant
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def suggest_op(word: str, choices: Any) -> str:
-    meant = meant_op(word, choices)
-    return f" (did you mean {meant!r}?)" if meant and meant != word else ""
 
 
 def _type_name(v: Any) -> str:
