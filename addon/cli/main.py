@@ -31,7 +31,7 @@ from ..providers import DEFAULT_PROVIDERS
 from ..shipped import POLICIES
 from ..tenants.lookup import TenantLookup, check_store, open_tenants
 from ..tenants.rules import RuleSet
-from .render import CliError, render_decision, wide_console
+from .render import CliError, make_console, print_table, render_decision
 from .traces import add_commands
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -152,7 +152,7 @@ def cmd_fields(args: argparse.Namespace) -> int:
     for f in fields:
         t.add_row(f["name"], f["type"], " ".join(f["operators"]), json.dumps(f["example"], default=str),
                   f["description"])
-    wide_console().print(t)
+    print_table(make_console(), t)
     return 0
 
 

@@ -1,4 +1,9 @@
-"""What every command shares: `CliError` (one line, exit 2) and how a decision is printed."""
+"""What every command shares: `CliError` (one line, exit 2), the console, and how a decision is printed.
+
+On a terminal, output fits its width (table cells wrap). Into a pipe or a file it is
+plain text: no colour, no box drawing, one table row per line, never cut or padded
+to a fixed width, so `grep` and `awk` see whole ids.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,24 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def wide_console() -> Console:
-    return Console(soft_wrap=False, width=max(100, Console().width))
+PLAIN_WIDTH = 100_000  # not a terminal: never wrap
+
+
+def make_console() -> Console:
+    """A terminal's own width; plain, unwrapped text when stdout is not a terminal."""
+    c = Console(soft_wrap=False)
+    return c if c.is_terminal else Console(soft_wrap=False, width=PLAIN_WIDTH, no_color=True, highlight=False)
+
+
+def print_table(c: Console, table: Table) -> None:
+    """A boxed table on a terminal; plain aligned columns (no trailing blanks) otherwise."""
+    if c.is_terminal:
+        c.print(table)
+        return
+    table.box, table.show_edge, table.pad_edge, table.title_justify = None, False, False, "left"
+    with c.capture() as captured:
+        c.print(table)
+    c.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def failure_reason(failed: Mapping[str, Any]) -> str:
@@ -34,7 +55,7 @@ def render_decision(d: Decision | Mapping[str, Any], tenant: str | None = None,
         regions = {e.id: e.region for e in d.catalog.entries}
         d = d.to_dict()
     regions = regions or {}
-    c = console or wide_console()
+    c = console or make_console()
     p = d.get("policy") or {}
     c.print(f"[bold]policy[/] {p.get('fingerprint')}  tenant={tenant or '-'}  no_log={p.get('no_log')}  "
             f"max_attempts={p.get('max_attempts')}  catalog={d.get('catalog_version')}")
@@ -55,13 +76,13 @@ def render_decision(d: Decision | Mapping[str, Any], tenant: str | None = None,
         else:
             t.add_row(eid, cand.get("provider"), regions.get(eid, "?"), "[red]drop[/]",
                       failure_reason(cand.get("failed") or {}))
-    c.print(t)
+    print_table(c, t)
     keys = [f for _, f in (p.get("canonical") or {}).get("rank", []) if f not in ("est_cost", "id")]
     t = Table("#", "entry", "est. cost (USD)", *keys, title="ranked survivors")
     for i, x in enumerate(ranked, 1):
         t.add_row(str(i), x.get("id"), f"{x.get('est_cost', 0):.6f}",
                   *(json.dumps((x.get("keys") or {}).get(k)) for k in keys))
-    c.print(t)
+    print_table(c, t)
     if d.get("selected") is None:
         c.print("[bold red]no candidate[/]: every entry was dropped (see above)")
     else:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from ..catalog import load_catalog, parse_catalog
@@ -28,14 +27,10 @@ from ..errors import RoutecarError
 from ..policy import RequestProfile, evaluate, parse_policy
 from ..shipped import POLICIES
 from ..traces.store import TraceStore, default_traces_path, parse_since
-from .render import CliError, render_decision
+from .render import CliError, make_console, print_table, render_decision
 
 DEFAULT_TENANTS = POLICIES / "tenants.yaml"
 HEALTH_NOTE = "replay assumes every entry healthy (health at request time is not stored)"
-
-
-def _console() -> Console:
-    return Console(soft_wrap=False, width=max(150, Console().width))
 
 
 def _positive(text: str) -> int:
@@ -100,7 +95,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
         t.add_row(_when(r["ts"]), r["trace_id"], r["tenant"] or "-", r["fingerprint"] or "-",
                   r["chosen_entry"] or "-", f"[{colour}]{status}[/]", str(r["attempts_count"]),
                   _num(r["latency_ms"], ".0f"), _num(r["est_cost"], ".6f"))
-    _console().print(t)
+    print_table(make_console(), t)
     return 0
 
 
@@ -218,7 +213,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         trace.pop("policy", None)  # the canonical policy is inside `decision`
         print(json.dumps({"trace": trace, "replay": result}, indent=2, default=str))
         return code
-    c = _console()
+    c = make_console()
     c.print(f"[bold]trace[/] {trace['trace_id']}  {_when(trace['ts'])}  mode={trace['mode'] or '-'}  "
             f"tenant={trace['tenant'] or '-'}  requested model={trace['requested_model'] or '-'}")
     if decision is not None:
@@ -227,7 +222,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         c.print(f"[bold]policy[/] {trace['fingerprint'] or '-'}: no decision was made")
     if trace["attempts"]:
-        c.print(_attempts_table(trace["attempts"]))
+        print_table(c, _attempts_table(trace["attempts"]))
     colour = "green" if trace["outcome"] == "ok" else "red"
     c.print(f"[bold]outcome[/] [{colour}]{trace['outcome']}[/] status={trace['status']}  "
             f"chosen={trace['chosen_entry'] or '-'}  latency={_num(trace['latency_ms'], '.0f')} ms  "
