@@ -176,3 +176,109 @@ def test_check_configuration_errors_exit_2(capsys, tmp_path, file, content, mess
     code, _, err = run(capsys, "check", f"--{file}", str(path))
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+# -- a new user's first hour (issue 14) --------------------------------------------------------
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("routecar 0.") and "mitmproxy 12." in out
+
+
+def test_every_option_of_every_command_has_help_and_every_command_an_example():
+    import argparse
+    from routecar.cli.main import build_parser
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = sub.choices
+    assert set(commands) >= {"run", "env", "check", "fields", "rank", "compile", "traces", "explain", "demo"}
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, sp in [("routecar", parser), *commands.items()] for a in sp._actions
+               if not a.help and a is not sub]
+    assert missing == []
+    for name, sp in commands.items():
+        text = sp.format_help()
+        assert "Example:" in text and f"routecar {name}" in text.split("Example:", 1)[1], name
+
+
+def test_check_prints_one_line_per_rule_with_its_id(capsys):
+    code, out, err = run(capsys, "check", str(EXAMPLES / "mixed.json"))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith("pol_")
+    assert [line.split()[:2] for line in lines[1:4]] == [["[0]", "eu-only"], ["[1]", "quality-floor"],
+                                                        ["[2]", "eu-providers"]]
+    assert lines[1].endswith('["eq", "region", "eu"]')
+    assert lines[4].startswith("rank: ") and lines[5].startswith("canonical: {")
+    assert len(lines) == 6
+
+
+@pytest.mark.parametrize("rule,warning", [
+    (["eq", "region", "EU"], "warning: rules[0][2]: no catalog entry has region 'EU' (did you mean 'eu'?); "
+                             "known: cn, eu, us"),
+    (["eq", "provider", "openia"], "warning: rules[0][2]: no catalog entry has provider 'openia' (did you mean "
+                                   "'openai'?)"),
+    (["has", "capabilities", "tool"], "warning: rules[0][2]: no catalog entry has capability 'tool' (did you mean "
+                                      "'tools'?); known: json, tools, vision"),
+])
+def test_check_warns_about_values_no_entry_has(capsys, rule, warning):
+    code, out, err = run(capsys, "check", json.dumps({"rules": [rule]}))
+    assert code == 0 and out.startswith("pol_")  # valid: a catalog may gain the value later
+    assert err.startswith(warning)
+    code, out, _ = run(capsys, "check", json.dumps({"rules": [rule]}), "--json")
+    assert [w["path"] for w in json.loads(out)["warnings"]] == ["rules[0][2]"]
+
+
+def test_check_operator_hints(capsys):
+    code, _, err = run(capsys, "check", '{"rules": [["cmp", "price_in", "gte", 1], ["equals", "region", "eu"]]}')
+    assert code == 2
+    assert "rules[0][2]: unknown comparison 'gte' (did you mean 'ge'?)" in err
+    assert "rules[1][0]: unknown operator 'equals' (did you mean 'eq'?); operators: eq ne in nin cmp has and or not" in err
+
+
+def test_yaml_policy_files_are_read(capsys, tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules:\n  - id: eu-only\n    rule: [eq, region, eu]\nno_log: true\n")
+    code, out, _ = run(capsys, "check", str(path), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["clauses"][0]["id"] == "eu-only" and data["canonical"]["no_log"] is True
+    assert data["fingerprint"] == json.loads(run(capsys, "check", json.dumps(
+        {"rules": [["eq", "region", "eu"]], "no_log": True}), "--json")[1])["fingerprint"]
+    code, out, _ = run(capsys, "rank", str(path), "--json")
+    assert (code, json.loads(out)["selected"]) == (0, "mistral/mistral-small-3")
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("broken.yaml", "rules: [eq, region\n", "routecar: policy '{p}' is not valid YAML: "),
+    ("broken.json", "{rules: nope", "  $: not valid JSON: "),
+    ("list.json", "- 1\n- 2\n", "  $: not valid JSON: "),
+])
+def test_unreadable_policies_are_one_clear_error(capsys, tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    code, out, err = run(capsys, "check", str(path))
+    assert (code, out) == (2, "")
+    assert message.format(p=path) in err and "Traceback" not in err
+
+
+def test_rank_reads_the_shipped_example_request(capsys):
+    code, out, _ = run(capsys, "rank", "--tenant", "stark-vip", "--tenants", str(ROOT / "policies" / "tenants.yaml"),
+                       "--request", str(EXAMPLES / "requests" / "tools.json"), "--json")
+    assert code == 0
+    assert json.loads(out)["request"]["tools"] is True
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "routecar: request '{p}' is not valid JSON or YAML: "),
+    ("[1, 2]", "routecar: request '{p}' must be a chat request object like "),
+])
+def test_rank_bad_request_is_one_clear_error(capsys, tmp_path, text, message):
+    path = tmp_path / "req.json"
+    path.write_text(text)
+    code, out, err = run(capsys, "rank", str(EXAMPLES / "eu-only.json"), "--request", str(path))
+    assert (code, out) == (2, "")
+    assert err.startswith(message.format(p=path)) and "Traceback" not in err

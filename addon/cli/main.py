@@ -27,29 +27,17 @@ from ..catalog import DEFAULT_CATALOG, load_catalog
 from ..errors import InvalidPolicy, RoutecarError
 from ..fields import FieldRegistry
 from ..policy import parse_policy
+from ..policy.hints import catalog_warnings
 from ..providers import DEFAULT_PROVIDERS
 from ..shipped import POLICIES
 from ..tenants.lookup import TenantLookup, check_store, open_tenants
 from ..tenants.rules import RuleSet
+from .inputs import read_policy, read_request
 from .render import CliError, make_console, print_table, render_decision
 from .traces import add_commands
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE_REQUEST = {"messages": [{"role": "user", "content": "Summarise our Q3 churn numbers in 3 bullets."}]}
-
-
-def read_json_arg(value: str, what: str) -> Any:
-    """A file path, '-' for stdin, or inline JSON."""
-    try:
-        if value == "-":
-            text = sys.stdin.read()
-        elif value.lstrip().startswith(("{", "[")):
-            text = value
-        else:
-            text = Path(value).read_text(encoding="utf-8")
-    except OSError as e:
-        raise CliError(f"cannot read {what} {value!r}: {e.strerror}") from None
-    return text
 
 
 def print_policy_errors(err: InvalidPolicy) -> None:
@@ -61,7 +49,8 @@ def print_policy_errors(err: InvalidPolicy) -> None:
 # -- commands ----------------------------------------------------------------------------
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a policy: print its fingerprint and canonical form, or every error with its path.
+    """Validate a policy (JSON or YAML): print its fingerprint, one line per rule with its id,
+    and warnings for values no catalog entry has; or every error with its path.
     Without a policy, check the configuration the sidecar would start with instead.
 
     Example: routecar check policies/examples/free-tier.json
@@ -72,21 +61,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         return check_config(args)
     catalog = load_catalog(args.catalog)
     try:
-        policy = parse_policy(read_json_arg(args.policy, "policy"), catalog.registry)
+        policy = parse_policy(read_policy(args.policy), catalog.registry)
     except InvalidPolicy as e:
         if args.json:
             print(json.dumps({"valid": False, "errors": e.errors}, indent=2))
         else:
             print_policy_errors(e)
         return 2
-    out = {"valid": True, "fingerprint": policy.fingerprint, "digest": policy.digest,
-           "canonical": policy.canonical}
+    warnings = [w.to_dict() for w in catalog_warnings(policy, catalog)]
     if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        print(f"{policy.fingerprint}  (sha256 {policy.digest})")
-        print(json.dumps(policy.canonical, indent=2))
+        print(json.dumps({"valid": True, "fingerprint": policy.fingerprint, "digest": policy.digest,
+                          "clauses": [c.to_dict() for c in policy.clauses], "canonical": policy.canonical,
+                          "warnings": warnings}, indent=2))
+        return 0
+    print(f"{policy.fingerprint}  (sha256 {policy.digest})")
+    for c in policy.clauses:
+        print(f"  [{c.index}] {c.label:<24} {json.dumps(c.rule)}" + (f"   (from {c.from_})" if c.from_ else ""))
+    if not policy.clauses:
+        print("  (no rules: every catalog entry is allowed)")
+    print(f"rank: {json.dumps([list(k) for k in policy.rank])}   fallback: max_attempts={policy.max_attempts}"
+          f"   no_log: {str(policy.no_log).lower()}")
+    print(f"canonical: {json.dumps(policy.canonical, sort_keys=True)}")
+    print_warnings(warnings)
     return 0
+
+
+def print_warnings(warnings: Sequence[Mapping[str, str]]) -> None:
+    for w in warnings:
+        print(f"warning: {w['path']}: {w['message']}", file=sys.stderr)
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -159,7 +161,7 @@ def cmd_fields(args: argparse.Namespace) -> int:
 def cmd_rank(args: argparse.Namespace) -> int:
     """Evaluate a policy (and/or a tenant's compiled policy) against the catalog; call nothing.
 
-    Example: routecar rank policies/examples/eu-only.json --request req.json
+    Example: routecar rank policies/examples/eu-only.json --request policies/examples/requests/tools.json
              routecar rank --tenant initech-eu --tenants policies/tenants.yaml
     """
     from ..engine import Engine  # local: the engine pulls in tenants and health
@@ -170,17 +172,19 @@ def cmd_rank(args: argparse.Namespace) -> int:
                     **_tenant_kwargs(args))
     payload: dict[str, Any] = {}
     if args.policy:
-        payload["policy"] = read_json_arg(args.policy, "policy")
+        payload["policy"] = read_policy(args.policy)
     if args.tenant:
         payload["tenant"] = args.tenant
     if not payload:
         raise CliError("give a POLICY and/or --tenant ID")
-    payload["request"] = json.loads(read_json_arg(args.request, "request")) if args.request else EXAMPLE_REQUEST
+    payload["request"] = read_request(args.request) if args.request else EXAMPLE_REQUEST
     decision = engine.rank_decision(payload)
+    warnings = [w.to_dict() for w in catalog_warnings(decision.policy, decision.catalog)]
     if args.json:
-        print(json.dumps({**decision.to_dict(), "tenant": args.tenant}, indent=2, default=str))
+        print(json.dumps({**decision.to_dict(), "tenant": args.tenant, "warnings": warnings}, indent=2, default=str))
     else:
         render_decision(decision, args.tenant)
+        print_warnings(warnings)
     return 0 if decision.selected else 1
 
 
@@ -199,12 +203,13 @@ def _tenant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_env(args: argparse.Namespace) -> int:
     """Print shell exports that send an unmodified app's calls through routecar.
 
-    Regular mode (HTTPS_PROXY + a trust bundle of the public roots and the proxy's CA):
-        eval "$(routecar env)" && python my_app.py
-        eval "$(routecar env --proxy http://127.0.0.1:8080 --confdir ~/.mitmproxy)"   # stock mitmdump's CA
-    Reverse mode (OPENAI_BASE_URL / ANTHROPIC_BASE_URL; for Node, whose fetch ignores HTTPS_PROXY):
-        routecar run --mode reverse:https://api.openai.com --listen 127.0.0.1:4000
-        eval "$(routecar env --reverse http://127.0.0.1:4000)" && node app.mjs
+    Regular mode: HTTPS_PROXY and a trust bundle (public roots + the proxy's CA).
+    Reverse mode: OPENAI_BASE_URL / ANTHROPIC_BASE_URL, for runtimes that ignore
+    HTTPS_PROXY (Node 20's fetch).
+
+    Example: eval "$(routecar env)" && python my_app.py
+             eval "$(routecar env --proxy http://127.0.0.1:8080 --confdir ~/.mitmproxy)"   # stock mitmdump
+             eval "$(routecar env --reverse http://127.0.0.1:4000)" && node app.mjs
     """
     from ..cabundle import bundle_path, confdir, default_home, env_exports, reverse_exports, write_bundle
     if args.reverse:
@@ -268,6 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Fake providers on loopback, the sidecar, and the official openai SDK through it.
 
     Example: routecar demo
+             routecar demo --db ./demo-traces.db      # keep its traces here
     """
     script = ROOT / "scripts" / "demo.py"
     if not script.exists():
@@ -281,6 +287,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="routecar", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_text(),
+                   help="print routecar's version (and mitmproxy's, Python's) and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
@@ -296,16 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tenants", default=None,
                         help="tenant table (yaml, csv, sqlite:///db?table=t) or database looked up on demand "
                              "(postgresql://USER@HOST:PORT/DB?table=t, sqlite:///db?table=t&mode=lookup)")
-        sp.add_argument("--rules", default=str(POLICIES / "rules.yaml"), help="compile rules")
+        sp.add_argument("--rules", default=str(POLICIES / "rules.yaml"),
+                        help="rules compiling tenant attributes into policy clauses (default: shipped rules.yaml)")
+
+    def providers_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--providers", default=str(DEFAULT_PROVIDERS),
+                        help="providers.yaml: base URL, auth style and key variable per provider "
+                             "(default: shipped)")
 
     sp = command("run", cmd_run, "run the sidecar proxy")
     sp.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     sp.add_argument("--mode", default="regular", help="regular (HTTPS_PROXY) or reverse:URL (base URL)")
     catalog_opts(sp)
     tenant_opts(sp)
-    sp.add_argument("--providers", default=str(DEFAULT_PROVIDERS))
+    providers_opt(sp)
     sp.add_argument("--default-policy", help="policy_ir JSON or @file for calls with no policy/tenant")
-    sp.add_argument("--default-tenant")
+    sp.add_argument("--default-tenant", metavar="ID", help="tenant for calls that name none (or an unknown one)")
     sp.add_argument("--tenant-ttl", type=float, help="seconds a tenant looked up in a database stays cached "
                                                      "(default 30; for a tenant file: seconds between checks, default 2)")
     sp.add_argument("--tenant-grace", type=float, help="seconds cached tenants are still served while the tenant "
@@ -330,30 +344,43 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shell", default="sh", choices=["sh", "fish"], help="syntax of the exports (default sh)")
 
     sp = command("check", cmd_check, "validate a policy (or, without one, the sidecar's configuration)")
-    sp.add_argument("policy", nargs="?", help="policy file, '-' for stdin, or inline JSON")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--providers", default=str(DEFAULT_PROVIDERS))
+    sp.add_argument("policy", nargs="?", help="policy file (JSON or YAML), '-' for stdin, or inline JSON")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    providers_opt(sp)
     catalog_opts(sp)
     tenant_opts(sp)
 
     sp = command("fields", cmd_fields, "list rule fields")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     catalog_opts(sp)
 
     sp = command("rank", cmd_rank, "dry-run a policy: every verdict, the ranking, the selection")
-    sp.add_argument("policy", nargs="?", help="policy file, '-' or inline JSON")
-    sp.add_argument("--tenant", help="rank for this tenant's compiled policy (needs --tenants)")
-    sp.add_argument("--request", help="chat request JSON (file, '-' or inline); default: a short prompt")
-    sp.add_argument("--providers", default=str(DEFAULT_PROVIDERS))
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("policy", nargs="?", help="policy file (JSON or YAML), '-' or inline JSON")
+    sp.add_argument("--tenant", metavar="ID", help="rank for this tenant's compiled policy (needs --tenants)")
+    sp.add_argument("--request", metavar="FILE", help="chat request JSON (file, '-' or inline); default: a short "
+                                                      "prompt. Example: policies/examples/requests/tools.json")
+    providers_opt(sp)
+    sp.add_argument("--json", action="store_true", help="print JSON instead of tables")
     catalog_opts(sp)
     tenant_opts(sp)
 
     sp = command("demo", cmd_demo, "run the demo: fake providers + sidecar + openai SDK")
-    sp.add_argument("demo_args", nargs=argparse.REMAINDER)
+    sp.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="...",
+                    help="passed to the demo, e.g. --db PATH (where its traces are kept)")
 
     add_commands(command, catalog_opts, tenant_opts)
     return p
+
+
+def version_text() -> str:
+    from importlib import metadata
+    versions = []
+    for dist in ("routecar", "mitmproxy"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} (not installed)")
+    return f"{versions[0]} ({versions[1]}, Python {sys.version.split()[0]})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
