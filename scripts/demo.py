@@ -35,10 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from routecar.cabundle import default_home, write_bundle  # noqa: E402
+from routecar.cli.render import make_console, print_table  # noqa: E402
 from tests.fakes import FakeFleet, ProxyProcess  # noqa: E402
 from tests.fakes.config import write_loopback_providers  # noqa: E402
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="trace database to write and keep (default: $ROUTECAR_HOME/demo-traces.db, "
                              "else ~/.routecar/demo-traces.db)")
     args = parser.parse_args(argv)
-    console = Console()  # fits the terminal; plain (no colour) into a pipe
+    console = make_console()  # fits the terminal; plain text into a pipe
     work = Path(tempfile.mkdtemp(prefix="routecar-demo-"))
     fleet: FakeFleet | None = None
     proxy: ProxyProcess | None = None
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             cost = f"{row[4]:.6f}" if row[4] is not None else "-"
             t.add_row(r["label"], row[1] or "-", row[2] or "-", what, cost, str(row[5] or "-"),
                       (row[6] or "-") + (" (no payload kept)" if row[7] else ""))
-        console.print(t)
+        print_table(console, t)
 
         fell_back = next((tid for tid, row in rows.items() if (row[5] or 0) > 1), None)
         if fell_back:
