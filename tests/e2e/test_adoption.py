@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,11 @@ def test_stock_mitmdump_hint_trusts_the_ca_it_signs_with(tmp_path, loopback, fak
             "--set", f"routecar_traces={tmp_path / 'traces.db'}"]
     with ProxyProcess.start(argv, tmp_path, env={"HOME": str(home), "ROUTECAR_HOME": str(rc_home), **keys},
                             ready_timeout=60, name="mitmdump") as proxy:
-        hint = re.search(r'eval "\$\((routecar env [^)]*)\)"', proxy.log_text())
+        hint = None
+        deadline = time.monotonic() + 20  # the addon logs it in its `running` hook, after the ready file
+        while hint is None and time.monotonic() < deadline:
+            hint = re.search(r'eval "\$\((routecar env [^)]*)\)"', proxy.log_text())
+            time.sleep(0.05)  # polling a condition with a deadline
         assert hint, proxy.log_text()
         words = shlex.split(hint.group(1))
         assert words == ["routecar", "env", "--proxy", proxy.url, "--confdir", str(home / ".mitmproxy")]
