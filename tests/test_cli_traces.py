@@ -367,6 +367,7 @@ def test_help_has_an_example(capsys, command):
 
 @pytest.mark.parametrize("prefix,code,expect", [
     ("rt_e", 0, "trace rt_eu"),                 # unique prefix
+    ("rt_eu\r\n", 0, "trace rt_eu"),           # pasted with a line ending
     ("rt_", 2, "matches several traces"),       # ambiguous
     ("rt%", 2, "no trace 'rt%'"),               # LIKE wildcards are literal
 ])

@@ -191,6 +191,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
              routecar explain rt_18f3a2b4c5d6e7f8a9b0 --json --db ./traces.db
              routecar explain rt_18f3a2b4      # a unique prefix is enough
     """
+    args.trace_id = args.trace_id.strip()  # pasted from a terminal or `sqlite-utils --csv` (CRLF)
     with open_store(args.db) as store:
         trace = store.get(args.trace_id)
         if trace is None:
