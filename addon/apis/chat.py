@@ -61,7 +61,7 @@ class ChatShape:
 
     def native_only(self, body: Mapping[str, Any]) -> tuple[str, ...]:
         """What only a chat provider can serve: audio, several choices, logprobs, files,
-        legacy `functions`, provider-side web search."""
+        legacy `functions`, provider-side web search, JSON mode without a schema."""
         reasons: list[str] = []
         modalities = body.get("modalities")
         if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
@@ -75,6 +75,9 @@ class ChatShape:
             reasons.append("functions")
         if body.get("web_search_options") is not None:
             reasons.append("web_search_options")
+        fmt = body.get("response_format")
+        if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
+            reasons.append("response_format:json_object")   # Messages can only be given a schema
         messages = body.get("messages")
         for m in messages if isinstance(messages, list) else ():
             if not isinstance(m, Mapping):
