@@ -1,6 +1,7 @@
 """The fake providers' Anthropic Messages API: ``POST .../messages``.
 
-Like Anthropic: the key in ``x-api-key``, ``anthropic-version`` required, ``max_tokens``
+Like Anthropic: the key in ``x-api-key`` or as a Bearer token (anthropic SDK 2.x
+sends that), ``anthropic-version`` required (any value), ``max_tokens``
 required, errors as ``{"type": "error", "error": {"type", "message"}}``; streams are
 named events (message_start, content_block_start/delta/stop, ping, message_delta,
 message_stop). The script (RULE_KEYS in provider.py) works as for chat: chunks,

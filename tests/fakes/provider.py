@@ -3,7 +3,7 @@
 One process (or one background thread) serves several named providers, each
 on its own 127.0.0.1 port. Every provider answers OpenAI ``POST .../chat/completions``,
 OpenAI ``POST .../responses`` (fakes/responses.py) and Anthropic
-``POST .../messages`` (fakes/messages.py, ``x-api-key`` auth and
+``POST .../messages`` (fakes/messages.py: ``x-api-key`` or Bearer auth,
 ``anthropic-version`` required), plain JSON or SSE streaming, with a message
 that says who answered; it records every request it receives and can be
 scripted to fail in specific ways, the same script for every shape.
@@ -248,8 +248,11 @@ class FakeProvider:
         return await messages.answer(request, self.name, *got)
 
     def _authorized_anthropic(self, request: web.Request) -> bool:
-        """Anthropic's auth: the key in `x-api-key` only."""
-        return self.require_key is None or request.headers.get("x-api-key") == self.require_key
+        """Anthropic's auth: the key in `x-api-key` (older SDKs, curl) or as a Bearer token
+        (anthropic SDK 2.x); never in Azure's `api-key`."""
+        key = self.require_key
+        return (key is None or request.headers.get("x-api-key") == key
+                or request.headers.get("Authorization") == f"Bearer {key}")
 
     def _fixed_response(self, status: int, body: Any, headers: dict[str, str]) -> web.Response:
         if isinstance(body, str):
