@@ -65,8 +65,7 @@ class SSEDecoder:
                 raise SSEError(f"SSE event larger than {self.max_event} bytes")
         else:
             self._pending = b""
-        if lines and lines[-1].endswith(b"\r"):
-            self._skip_lf = True
+        self._skip_lf = data.endswith(b"\r")   # a "\n" may follow in the next chunk
         for raw in lines:
             line = raw.rstrip(b"\r\n")
             if not line:

@@ -1,0 +1,36 @@
+"""The recorded payloads (tests/payloads/) are what the official SDKs parse: they cannot
+drift from the real wire formats the translation tests are driven by."""
+
+from __future__ import annotations
+
+import pytest
+from anthropic.types.shared import ErrorResponse
+
+from tests.apis_payloads import (PAYLOADS, anthropic_events, anthropic_message, chat_chunks, chat_completion, load,
+                                 raw)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (PAYLOADS / "chat").glob("answer_*.json")))
+def test_chat_answers(name: str) -> None:
+    assert chat_completion(load(f"chat/{name}")).choices
+
+
+@pytest.mark.parametrize("name", ["stream_text.sse", "stream_tool_calls.sse", "stream_length.sse"])
+def test_chat_streams(name: str) -> None:
+    chunks = chat_chunks(raw(f"chat/{name}"))
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (PAYLOADS / "messages").glob("answer_*.json")))
+def test_messages_answers(name: str) -> None:
+    assert anthropic_message(load(f"messages/{name}")).content
+
+
+@pytest.mark.parametrize("name", ["stream_text.sse", "stream_tool_use.sse", "stream_thinking.sse"])
+def test_messages_streams(name: str) -> None:
+    evs = anthropic_events(raw(f"messages/{name}"))
+    assert (evs[0].type, evs[-1].type) == ("message_start", "message_stop")
+
+
+def test_messages_error() -> None:
+    assert ErrorResponse.model_validate(load("messages/error_overloaded.json")).error.type == "overloaded_error"
