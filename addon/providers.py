@@ -97,8 +97,8 @@ class Provider:
 
     def auth_headers(self, key: str) -> dict[str, str]:
         """Lower-case names: mitmproxy keeps header case, so the caller replaces by lower-case name."""
-        auth = ({"authorization": f"Bearer {key}"} if self.spec.auth == "bearer"
-                else {self.spec.auth: key})   # "api-key" and "x-api-key" are header names
+        auth: dict[str, str] = ({"authorization": f"Bearer {key}"} if self.spec.auth == "bearer"
+                                else {str(self.spec.auth): key})   # "api-key" and "x-api-key" are header names
         return {**{k.lower(): v for k, v in self.spec.headers.items()}, **auth}
 
 

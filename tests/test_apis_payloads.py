@@ -7,7 +7,7 @@ import pytest
 from anthropic.types.shared import ErrorResponse
 
 from tests.apis_payloads import (PAYLOADS, anthropic_events, anthropic_message, chat_chunks, chat_completion, load,
-                                 raw)
+                                 raw, responses_events, responses_response)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (PAYLOADS / "chat").glob("answer_*.json")))
@@ -34,3 +34,9 @@ def test_messages_streams(name: str) -> None:
 
 def test_messages_error() -> None:
     assert ErrorResponse.model_validate(load("messages/error_overloaded.json")).error.type == "overloaded_error"
+
+
+def test_responses_answer_and_stream() -> None:
+    assert responses_response(load("responses/answer_text.json")).output_text == "Paris is the capital of France."
+    evs = responses_events(raw("responses/stream_text.sse"))
+    assert (evs[0].type, evs[-1].type) == ("response.created", "response.completed")

@@ -63,7 +63,7 @@ def test_responses_stream_event_sequence_and_final_response(fake: FakeFleet) -> 
     assert "response.function_call_arguments.done" in events
     assert final.output_text == "[fake:openai] model=gpt-4o ok"
     call = final.output[1]
-    assert call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    assert (call.type, call.name, json.loads(call.arguments)) == ("function_call", "get_weather", {"city": "Paris"})
 
 
 def test_responses_previous_response_id_needs_the_providers_state(fake: FakeFleet) -> None:

@@ -3,7 +3,8 @@
 An API shape is one wire format apps speak (`chat`, `responses`, `messages`):
 
     path ──matches──▶ is this request in my shape?   (exact suffix: `…/chat/completions`)
-    body ──profile──▶ RequestProfile                  (what evaluation reads: size, max output, tools, images, stream)
+    body ──profile──▶ RequestProfile                  (what evaluation reads: size, max output, tools,
+                                                        images, stream)
     body ──native_only──▶ reasons it cannot be translated to another shape (empty: it can)
     body ──for_entry──▶ the same request for the chosen entry's model
     answer / stream ──usage / usage_reader──▶ Usage
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from ..errors import RoutecarError
 from ..policy.evaluate import IMAGE_TOKENS, RequestProfile
@@ -62,6 +63,7 @@ class UsageReader(Protocol):
     def usage(self) -> Usage | None: ...
 
 
+@runtime_checkable
 class ApiShape(Protocol):
     name: ApiName
     suffix: str                          # the path's last segments, e.g. "chat/completions"
@@ -125,6 +127,20 @@ def json_size(value: Any) -> int:
 def count(value: Any) -> int | None:
     """A token count from a body field: a non-negative int (not a bool), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+EMPTY: Mapping[str, Any] = {}
+
+
+def obj(value: Any) -> Mapping[str, Any]:
+    """A JSON object field, or an empty one when it is missing or not an object."""
+    return value if isinstance(value, Mapping) else EMPTY
+
+
+def first_choice(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A chat answer's or chunk's first choice (empty when there is none)."""
+    choices = data.get("choices")
+    return obj(choices[0]) if isinstance(choices, list) and choices else EMPTY
 
 
 def model_of(body: Mapping[str, Any]) -> str | None:

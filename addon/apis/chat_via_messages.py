@@ -188,7 +188,7 @@ def tool_call(block: Mapping[str, Any]) -> dict[str, Any]:
 
 def to_chat_completion(answer: Mapping[str, Any], now: Callable[[], float] = time.time) -> dict[str, Any]:
     """An Anthropic message as a chat completion."""
-    blocks = answer.get("content") if isinstance(answer.get("content"), list) else []
+    blocks = answer["content"] if isinstance(answer.get("content"), list) else []
     texts = [str(b.get("text", "")) for b in blocks if isinstance(b, Mapping) and b.get("type") == "text"]
     calls = [tool_call(b) for b in blocks if isinstance(b, Mapping) and b.get("type") == "tool_use"]
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .base import obj
 from .chat import CHAT
 from .chat_via_messages import completion_id, finish_reason, usage_to_chat
 from .messages import usage_from
@@ -48,13 +49,13 @@ class MessagesToChatStream(SSETranslator):
         data = event_json(ev)
         kind = data.get("type") or ev.event
         if kind == "message_start":
-            msg = data.get("message") if isinstance(data.get("message"), Mapping) else {}
+            msg = obj(data.get("message"))
             self._base["id"] = completion_id(msg.get("id"))
             self._base["model"] = str(msg.get("model", ""))
             self._merge_usage(msg.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
-            block = data.get("content_block") if isinstance(data.get("content_block"), Mapping) else {}
+            block = obj(data.get("content_block"))
             if block.get("type") != "tool_use":
                 return []
             n = self._tools[data.get("index", 0)] = len(self._tools)
@@ -65,7 +66,7 @@ class MessagesToChatStream(SSETranslator):
             return self._delta(data)
         if kind == "message_delta":
             self._merge_usage(data.get("usage"))
-            delta = data.get("delta") if isinstance(data.get("delta"), Mapping) else {}
+            delta = obj(data.get("delta"))
             return [self._chunk({}, finish_reason(delta.get("stop_reason")))]
         if kind == "message_stop":
             return self._finish()
@@ -74,7 +75,7 @@ class MessagesToChatStream(SSETranslator):
         return []   # ping, content_block_stop, and event types added later
 
     def _delta(self, data: Mapping[str, Any]) -> list[bytes]:
-        delta = data.get("delta") if isinstance(data.get("delta"), Mapping) else {}
+        delta = obj(data.get("delta"))
         if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
             return [self._chunk({"content": delta["text"]})]
         if delta.get("type") == "input_json_delta" and data.get("index") in self._tools:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import BadRequest
-from .base import count, error_message
+from .base import count, error_message, first_choice, obj
 from .messages import error_object
 
 CHAT_TO_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -184,9 +184,8 @@ def message_id(chat_id: Any) -> str:
 
 def to_message(answer: Mapping[str, Any]) -> dict[str, Any]:
     """A chat completion as an Anthropic message (the first choice)."""
-    choices = answer.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
-    msg = choice.get("message") if isinstance(choice.get("message"), Mapping) else {}
+    choice = first_choice(answer)
+    msg = obj(choice.get("message"))
     content: list[dict[str, Any]] = []
     reason = stop_reason(choice.get("finish_reason"))
     for key in ("content", "refusal"):
@@ -196,7 +195,7 @@ def to_message(answer: Mapping[str, Any]) -> dict[str, Any]:
     for call in msg.get("tool_calls") or ():
         if not isinstance(call, Mapping):
             continue
-        fn = call["function"] if isinstance(call.get("function"), Mapping) else {}
+        fn = obj(call.get("function"))
         content.append({"type": "tool_use", "id": str(call.get("id", "")), "name": str(fn.get("name", "")),
                         "input": tool_input(fn.get("arguments"))})
     return {"id": message_id(answer.get("id")), "type": "message", "role": "assistant",

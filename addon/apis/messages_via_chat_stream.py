@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .base import first_choice, obj
 from .chat import usage_from
 from .messages import MESSAGES
 from .messages_via_chat import message_id, stop_reason, usage_to_messages
@@ -48,9 +49,8 @@ class ChatToMessagesStream(SSETranslator):
         if isinstance(data.get("usage"), Mapping):
             self._chat_usage = data["usage"]
             self._usage = usage_from(data["usage"])
-        choices = data.get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
-        delta = choice.get("delta") if isinstance(choice.get("delta"), Mapping) else {}
+        choice = first_choice(data)
+        delta = obj(choice.get("delta"))
         for key in ("content", "refusal"):
             if isinstance(delta.get(key), str) and delta[key]:
                 out += self._text(delta[key])
@@ -69,7 +69,7 @@ class ChatToMessagesStream(SSETranslator):
         if self._started:
             return []
         self._started = True
-        message = {"id": message_id(data.get("id")), "type": "message", "role": "assistant",
+        message: dict[str, Any] = {"id": message_id(data.get("id")), "type": "message", "role": "assistant",
                    "model": str(data.get("model", "")), "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
         return [encode_typed({"type": "message_start", "message": message}), encode_typed({"type": "ping"})]
@@ -94,7 +94,7 @@ class ChatToMessagesStream(SSETranslator):
 
     def _tool(self, call: Mapping[str, Any]) -> list[bytes]:
         n = call.get("index", 0)
-        fn = call["function"] if isinstance(call.get("function"), Mapping) else {}
+        fn = obj(call.get("function"))
         out: list[bytes] = []
         if n not in self._tools:
             out = self._open_block({"type": "tool_use", "id": str(call.get("id") or f"toolu_{n}"),

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import BadRequest
-from .base import count, int_field
+from .base import EMPTY, count, first_choice, int_field, obj
 from .responses import input_items
 
 IdMaker = Callable[[str], str]
@@ -184,16 +184,15 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
 def to_response(answer: Mapping[str, Any], request: Mapping[str, Any], created: int,
                 new_id: IdMaker = random_id) -> dict[str, Any]:
     """A chat completion as a `response` object (the first choice)."""
-    choices = answer.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
-    msg = choice.get("message") if isinstance(choice.get("message"), Mapping) else {}
+    choice = first_choice(answer)
+    msg = obj(choice.get("message"))
     output: list[dict[str, Any]] = []
     if isinstance(msg.get("content"), str) and msg["content"]:
         output.append(message_item(new_id("msg"), msg["content"]))
     if isinstance(msg.get("refusal"), str) and msg["refusal"]:
         output.append(message_item(new_id("msg"), msg["refusal"], refusal=True))
     for call in msg.get("tool_calls") or ():
-        fn = call.get("function") if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping) else {}
+        fn = obj(call.get("function")) if isinstance(call, Mapping) else EMPTY
         output.append(call_item(new_id("fc"), str(call.get("id", "")), str(fn.get("name", "")),
                                 str(fn.get("arguments", ""))))
     incomplete = INCOMPLETE.get(str(choice.get("finish_reason")))

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .base import first_choice, obj
 from .chat import usage_from
 from .responses_via_chat import (INCOMPLETE, IdMaker, call_item, message_item, random_id, response_object,
                                  usage_to_responses)
@@ -99,9 +100,8 @@ class ChatToResponsesStream(SSETranslator):
         if isinstance(data.get("usage"), Mapping):
             self._chat_usage = data["usage"]
             self._usage = usage_from(data["usage"])
-        choices = data.get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
-        delta = choice.get("delta") if isinstance(choice.get("delta"), Mapping) else {}
+        choice = first_choice(data)
+        delta = obj(choice.get("delta"))
         if isinstance(delta.get("content"), str) and delta["content"]:
             out += self._text_delta(delta["content"])
         for call in delta.get("tool_calls") or ():
@@ -146,7 +146,7 @@ class ChatToResponsesStream(SSETranslator):
 
     def _call_delta(self, call: Mapping[str, Any]) -> list[bytes]:
         n = call.get("index", 0)
-        fn = call["function"] if isinstance(call.get("function"), Mapping) else {}
+        fn = obj(call.get("function"))
         out: list[bytes] = []
         item = self._calls.get(n)
         if item is None:
