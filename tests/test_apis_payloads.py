@@ -3,6 +3,8 @@ drift from the real wire formats the translation tests are driven by."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from anthropic.types.shared import ErrorResponse
 
@@ -40,3 +42,16 @@ def test_responses_answer_and_stream() -> None:
     assert responses_response(load("responses/answer_text.json")).output_text == "Paris is the capital of France."
     evs = responses_events(raw("responses/stream_text.sse"))
     assert (evs[0].type, evs[-1].type) == ("response.created", "response.completed")
+
+
+def test_recorded_streams_carry_whole_json_arguments() -> None:
+    """Streams split tool arguments anywhere; put together they are JSON objects."""
+    args: dict[int, str] = {}
+    for c in chat_chunks(raw("chat/stream_tool_calls.sse")):
+        for call in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+            args[call.index] = args.get(call.index, "") + (call.function.arguments or "")
+    assert [json.loads(a) for a in args.values()] == [{"city": "Paris", "unit": "celsius"},
+                                                      {"city": "Lyon", "unit": "celsius"}]
+    partial = "".join(e.delta.partial_json for e in anthropic_events(raw("messages/stream_tool_use.sse"))
+                      if e.type == "content_block_delta" and e.delta.type == "input_json_delta")
+    assert json.loads(partial) == {"city": "Paris", "unit": "celsius"}
