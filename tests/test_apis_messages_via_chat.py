@@ -189,6 +189,8 @@ def test_recorded_streams_through_the_anthropic_sdk(payload: str, content: list,
         final = stream.get_final_message()
     blocks = [b.model_dump(include={"type", "text", "id", "name", "input"}) for b in final.content]
     assert blocks == content
+    streamed = "".join(e.delta.text for e in evs if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    assert streamed == "".join(b.get("text", "") for b in content)
     assert final.stop_reason == stop
     u = final.usage
     assert (u.input_tokens, u.output_tokens, u.cache_read_input_tokens) == usage
@@ -229,6 +231,16 @@ def test_a_cut_stream_ends_with_an_error_never_a_clean_stop() -> None:
     t = ChatToMessagesStream()
     out = t.feed(blob[:300]) + t.fail("upstream stream broke: ClientPayloadError")
     assert b"upstream stream broke" in out and t.feed(blob[300:]) == b"" and t.close() == b""
+
+
+def test_done_without_a_finish_reason_still_closes_every_block() -> None:
+    blob = b"".join(line + b"\n\n" for line in raw("chat/stream_text.sse").split(b"\n\n")
+                    if line and b'"finish_reason":"stop"' not in line)
+    kinds = [e.type for e in anthropic_events(translate(blob))]
+    assert kinds.count("content_block_start") == kinds.count("content_block_stop") == 1
+    assert kinds[-2:] == ["message_delta", "message_stop"]
+    with anthropic_over(translate(blob)).messages.stream(model="m", max_tokens=9, messages=USER) as stream:
+        assert stream.get_final_message().stop_reason == "end_turn"
 
 
 def test_clean_eof_after_finish_reason_without_done_completes() -> None:
