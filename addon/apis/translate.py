@@ -17,10 +17,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import chat_via_messages, messages_via_chat, responses_via_chat
 from .base import ApiName, error_message
+from .chat_via_messages import to_chat_completion, to_chat_error, to_messages
 from .chat_via_messages_stream import MessagesToChatStream
+from .messages_via_chat import to_chat as messages_to_chat
+from .messages_via_chat import to_message, to_messages_error
 from .messages_via_chat_stream import ChatToMessagesStream
+from .responses_via_chat import to_chat as responses_to_chat
+from .responses_via_chat import to_response
 from .responses_via_chat_stream import ChatToResponsesStream
 from .stream import StreamTranslator
 
@@ -58,18 +62,18 @@ def _include_usage(request: Body) -> bool:
 
 TRANSLATIONS: Mapping[tuple[ApiName, ApiName], Translation] = {
     ("messages", "chat"): Translation(
-        "messages", "chat", messages_via_chat.to_chat,
-        lambda answer, request: messages_via_chat.to_message(answer),
-        messages_via_chat.to_messages_error,
+        "messages", "chat", messages_to_chat,
+        lambda answer, request: to_message(answer),
+        to_messages_error,
         lambda request: ChatToMessagesStream()),
     ("chat", "messages"): Translation(
-        "chat", "messages", chat_via_messages.to_messages,
-        lambda answer, request: chat_via_messages.to_chat_completion(answer),
-        chat_via_messages.to_chat_error,
+        "chat", "messages", to_messages,
+        lambda answer, request: to_chat_completion(answer),
+        to_chat_error,
         lambda request: MessagesToChatStream(_include_usage(request))),
     ("responses", "chat"): Translation(
-        "responses", "chat", responses_via_chat.to_chat,
-        lambda answer, request: responses_via_chat.to_response(answer, request, int(time.time())),
+        "responses", "chat", responses_to_chat,
+        lambda answer, request: to_response(answer, request, int(time.time())),
         _openai_error,
         lambda request: ChatToResponsesStream(request)),
 }
