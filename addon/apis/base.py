@@ -18,6 +18,7 @@ comes back in the caller's shape. Nothing here imports mitmproxy or does I/O.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
@@ -133,8 +134,9 @@ EMPTY: Mapping[str, Any] = {}
 
 
 def obj(value: Any) -> Mapping[str, Any]:
-    """A JSON object field, or an empty one when it is missing or not an object."""
-    return value if isinstance(value, Mapping) else EMPTY
+    """A JSON object field, or an empty one when it is missing or not an object (parsed JSON
+    objects are dicts: checking `dict` is much cheaper than the `Mapping` ABC, per event)."""
+    return value if isinstance(value, dict) else EMPTY
 
 
 def first_choice(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -173,12 +175,13 @@ def error_message(body: bytes) -> str:
     return body[:2000].decode("utf-8", "replace") or "provider error"
 
 
+_USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
 EventUsage = Callable[[Mapping[str, Any], "Usage | None"], "Usage | None"]
 
 
 class SSEUsageReader:
     """A `UsageReader` for an SSE stream: `pick(event_json, usage_so_far)` reads one
-    event. Only events mentioning "usage" are parsed, so it costs little per chunk;
+    event. Only events with a "usage" object are parsed, so it costs little per chunk;
     a broken stream leaves the usage seen so far and never raises."""
 
     __slots__ = ("_pick", "_decoder", "_usage", "_broken")
@@ -198,7 +201,7 @@ class SSEUsageReader:
             self._broken = True
             return
         for ev in events:
-            if '"usage"' not in ev.data:
+            if _USAGE_OBJECT.search(ev.data) is None:   # most chunks: no usage, or "usage": null
                 continue
             try:
                 data = ev.json()

@@ -41,7 +41,7 @@ class MessagesToChatStream(SSETranslator):
                                                   "logprobs": None}]})
 
     def _merge_usage(self, usage: Any) -> None:
-        if isinstance(usage, Mapping):
+        if isinstance(usage, dict):
             self._raw_usage.update({k: v for k, v in usage.items() if v is not None})
             self._usage = usage_from(self._raw_usage, self._usage)
 

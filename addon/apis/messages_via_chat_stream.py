@@ -46,7 +46,7 @@ class ChatToMessagesStream(SSETranslator):
         if data.get("error") is not None:
             return [self.fail(error_text(data))]
         out = self._start(data)
-        if isinstance(data.get("usage"), Mapping):
+        if isinstance(data.get("usage"), dict):
             self._chat_usage = data["usage"]
             self._usage = usage_from(data["usage"])
         choice = first_choice(data)
@@ -57,7 +57,7 @@ class ChatToMessagesStream(SSETranslator):
                 if key == "refusal":
                     self._stop = "refusal"
         for call in delta.get("tool_calls") or ():
-            if isinstance(call, Mapping):
+            if isinstance(call, dict):
                 out += self._tool(call)
         if choice.get("finish_reason"):
             if self._stop is None:

@@ -97,7 +97,7 @@ class ChatToResponsesStream(SSETranslator):
             self._model = str(data.get("model", ""))
             out += [self._emit({"type": "response.created", "response": self._response("in_progress")}),
                     self._emit({"type": "response.in_progress", "response": self._response("in_progress")})]
-        if isinstance(data.get("usage"), Mapping):
+        if isinstance(data.get("usage"), dict):
             self._chat_usage = data["usage"]
             self._usage = usage_from(data["usage"])
         choice = first_choice(data)
@@ -105,7 +105,7 @@ class ChatToResponsesStream(SSETranslator):
         if isinstance(delta.get("content"), str) and delta["content"]:
             out += self._text_delta(delta["content"])
         for call in delta.get("tool_calls") or ():
-            if isinstance(call, Mapping):
+            if isinstance(call, dict):
                 out += self._call_delta(call)
         if choice.get("finish_reason"):
             self._finish_reason = str(choice["finish_reason"])

@@ -112,7 +112,7 @@ def event_json(ev: SSEEvent) -> Mapping[str, Any]:
         data = json.loads(ev.data)
     except ValueError:
         raise StreamFailure("routecar: the provider sent an event that is not JSON") from None
-    if not isinstance(data, Mapping):
+    if not isinstance(data, dict):
         raise StreamFailure("routecar: the provider sent an event that is not a JSON object")
     return data
 
@@ -120,7 +120,7 @@ def event_json(ev: SSEEvent) -> Mapping[str, Any]:
 def error_text(data: Mapping[str, Any]) -> str:
     """The message of an in-stream error object (OpenAI's or Anthropic's)."""
     err = data.get("error")
-    if isinstance(err, Mapping) and isinstance(err.get("message"), str):
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
         return err["message"]
     if isinstance(data.get("message"), str):
         return data["message"]
