@@ -1,8 +1,10 @@
 """Provider adapters: where a chosen entry's request goes and how it authenticates.
 
-`policies/providers.yaml` maps each provider to its OpenAI-compatible base URL,
-its auth style (`bearer` -> `Authorization: Bearer KEY`, `api-key` -> `api-key: KEY`)
-and the environment variable holding the operator's key. The hosts routecar
+`policies/providers.yaml` maps each provider to its base URL, its auth style
+(`bearer` -> `Authorization: Bearer KEY`, `api-key` -> `api-key: KEY`,
+`x-api-key` -> `x-api-key: KEY`), the environment variable holding the
+operator's key, and the API shapes it speaks (`apis:`, default `[chat]`; the
+path of each is `chat_path`, `/responses`, `/messages` under the base URL). The hosts routecar
 intercepts are, per provider, its `hosts:` (what apps call) or else its base URL's
 host, plus the top-level `hosts:` list.
 """
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .apis.base import ApiName
 from .catalog import decode_yaml_or_json, read_source
 from .errors import ConfigError, MissingProviderKey
 from .shipped import POLICIES
@@ -28,11 +31,12 @@ class ProviderSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     base_url: str
-    auth: Literal["bearer", "api-key"] = "bearer"
+    auth: Literal["bearer", "api-key", "x-api-key"] = "bearer"
     key_env: str = Field(min_length=1)
     hosts: tuple[str, ...] = ()
     headers: dict[str, str] = Field(default_factory=dict)
     chat_path: str = "/chat/completions"
+    apis: tuple[ApiName, ...] = ("chat",)
 
     @field_validator("base_url")
     @classmethod
@@ -41,6 +45,15 @@ class ProviderSpec(BaseModel):
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"base_url must be an http(s) URL, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("apis")
+    @classmethod
+    def _apis(cls, v: tuple[ApiName, ...]) -> tuple[ApiName, ...]:
+        if not v:
+            raise ValueError("apis must list at least one of chat, responses, messages")
+        if len(set(v)) != len(v):
+            raise ValueError(f"apis lists a shape twice: {list(v)}")
+        return v
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,13 @@ class Provider:
     def chat_path(self) -> str:
         return urlsplit(self.spec.base_url).path + self.spec.chat_path
 
+    def speaks(self, api: ApiName) -> bool:
+        return api in self.spec.apis
+
+    def url(self, api: ApiName) -> str:
+        """Where a request in shape `api` goes (the provider may not speak it: see `speaks`)."""
+        return self.spec.base_url + (self.spec.chat_path if api == "chat" else "/" + api)
+
     def key(self, env: Mapping[str, str]) -> str:
         value = env.get(self.spec.key_env, "")
         if not value:
@@ -77,7 +97,8 @@ class Provider:
 
     def auth_headers(self, key: str) -> dict[str, str]:
         """Lower-case names: mitmproxy keeps header case, so the caller replaces by lower-case name."""
-        auth = {"authorization": f"Bearer {key}"} if self.spec.auth == "bearer" else {"api-key": key}
+        auth: dict[str, str] = ({"authorization": f"Bearer {key}"} if self.spec.auth == "bearer"
+                                else {str(self.spec.auth): key})   # "api-key" and "x-api-key" are header names
         return {**{k.lower(): v for k, v in self.spec.headers.items()}, **auth}
 
 

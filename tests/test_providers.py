@@ -35,6 +35,7 @@ def test_auth_headers() -> None:
     ps = load_providers()
     assert ps.get("openai").auth_headers("sk-1") == {"authorization": "Bearer sk-1"}
     assert ps.get("azure").auth_headers("az-1") == {"api-key": "az-1"}
+    assert ps.get("anthropic").auth_headers("sk-ant-1") == {"x-api-key": "sk-ant-1"}
     custom = parse_providers({"x": {"base_url": "https://x.io", "key_env": "X", "headers": {"X-Extra": "1",
                                                                                            "Authorization": "no"}}})
     assert custom.get("x").auth_headers("k") == {"x-extra": "1", "authorization": "Bearer k"}
@@ -54,7 +55,25 @@ def test_missing_key_names_the_env_var_and_never_a_key() -> None:
         assert err.to_openai()["error"]["code"] == "provider_key_missing"
 
 
+def test_shipped_api_shapes() -> None:
+    ps = load_providers()
+    anthropic, openai, mistral = ps.get("anthropic"), ps.get("openai"), ps.get("mistral")
+    assert anthropic.spec.apis == ("messages",) and anthropic.spec.auth == "x-api-key"
+    assert anthropic.url("messages") == "https://api.anthropic.com/v1/messages"
+    assert anthropic.speaks("messages") and not anthropic.speaks("chat")
+    assert openai.spec.apis == ("chat", "responses")
+    assert openai.url("responses") == "https://api.openai.com/v1/responses"
+    assert openai.url("chat") == openai.chat_url
+    assert mistral.spec.apis == ("chat",)   # the default
+    assert not mistral.speaks("responses")
+    custom = parse_providers({"x": {"base_url": "https://x.io/api", "key_env": "X", "chat_path": "/chat"}}).get("x")
+    assert custom.url("chat") == "https://x.io/api/chat" and custom.url("messages") == "https://x.io/api/messages"
+
+
 @pytest.mark.parametrize(("data", "message"), [
+    ({"a": {"base_url": "https://x", "key_env": "K", "apis": ["chat", "completions"]}}, "provider a field apis.1: Input should be 'chat', 'responses' or 'messages'"),
+    ({"a": {"base_url": "https://x", "key_env": "K", "apis": []}}, "provider a field apis: Value error, apis must list at least one"),
+    ({"a": {"base_url": "https://x", "key_env": "K", "apis": ["chat", "chat"]}}, "provider a field apis: Value error, apis lists a shape twice"),
     ({}, "expected 'providers:' mapping"),
     ({"a": {"base_url": "ftp://x", "key_env": "K"}}, "provider a field base_url: Value error, base_url must be an http(s) URL"),
     ({"a": {"base_url": "https://x", "key_env": "K", "auth": "basic"}}, "provider a field auth"),

@@ -1,6 +1,7 @@
 """Loopback test doubles and the proxy-process harness.
 
-- ``FakeFleet`` (``tests.fakes.provider``): fake OpenAI-compatible providers.
+- ``FakeFleet`` (``tests.fakes.provider``): fake providers speaking OpenAI chat and
+  Responses and Anthropic Messages (``chat.py``, ``responses.py``, ``messages.py``).
 - ``READY_ADDON``: mitmproxy script that writes the bound address to the file
   named by ``$ROUTECAR_READY_FILE``.
 - ``mitmdump_argv(confdir, ...)``: argv for a stock ``mitmdump`` on a free
@@ -24,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.provider import FakeFleet, FakeProvider, error_body, write_json_atomic
+from tests.fakes.chat import error_body
+from tests.fakes.provider import FakeFleet, FakeProvider, write_json_atomic
 
 __all__ = [
     "BIN_DIR",

@@ -30,7 +30,7 @@ def write_loopback_providers(url_of: Callable[[str], str], out: Path,
         if names is not None and name not in names:
             continue
         providers[name] = {"base_url": url_of(name), "auth": p.spec.auth, "key_env": p.spec.key_env,
-                           "hosts": [p.host]}
+                           "hosts": [p.host], "apis": list(p.spec.apis)}
         env[p.spec.key_env] = fake_key(name)
     out.write_text(yaml.safe_dump({"providers": providers}, sort_keys=False))
     return out, env

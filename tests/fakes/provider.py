@@ -1,9 +1,12 @@
-"""Loopback fake OpenAI-compatible providers for tests and benchmarks.
+"""Loopback fake providers for tests and benchmarks, speaking every API shape.
 
 One process (or one background thread) serves several named providers, each
-on its own 127.0.0.1 port. Every provider answers ``POST .../chat/completions``
-(plain JSON or SSE streaming) with a message that says who answered, records
-every request it receives, and can be scripted to fail in specific ways.
+on its own 127.0.0.1 port. Every provider answers OpenAI ``POST .../chat/completions``,
+OpenAI ``POST .../responses`` (fakes/responses.py) and Anthropic
+``POST .../messages`` (fakes/messages.py: ``x-api-key`` or Bearer auth,
+``anthropic-version`` required), plain JSON or SSE streaming, with a message
+that says who answered; it records every request it receives and can be
+scripted to fail in specific ways, the same script for every shape.
 
 Command line (writes ``{"openai": port, ...}`` to the ready file once all
 providers listen, then serves until SIGTERM/SIGINT)::
@@ -34,17 +37,19 @@ import argparse
 import asyncio
 import collections
 import json
-import math
 import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes import chat, messages, responses
+from tests.fakes.chat import error_body
+from tests.fakes.common import abort
 
 HOST = "127.0.0.1"
 MAX_RECORDS = 10_000  # benchmarks send far more; keep memory bounded
@@ -62,37 +67,13 @@ RULE_KEYS = {
     "content": "str: assistant message content instead of the default",
     "cut_after_chunks": "int: abort the connection after this many content chunks",
     "close": "bool: drop the connection before any response",
+    "tool_call": "dict {name, arguments}: also answer with this tool call (chat tool_calls, "
+                 "Messages tool_use, Responses function_call)",
+    "finish_reason": "str: stop, length, tool_calls, content_filter or stop_sequence (chat's words, "
+                     "mapped to each shape's stop reason)",
 }
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "mistral-small", "claude-sonnet", "gemini-flash"]
-
-_ERRORS: dict[int, tuple[str, str, str]] = {
-    # status: (message, type, code)
-    400: (
-        "This model's maximum context length is 8192 tokens. However, your messages "
-        "resulted in 9000 tokens.",
-        "invalid_request_error",
-        "context_length_exceeded",
-    ),
-    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
-    403: ("You are not allowed to use this model.", "permission_error", "permission_denied"),
-    404: ("The model does not exist.", "invalid_request_error", "model_not_found"),
-    408: ("Request timed out.", "timeout_error", "timeout"),
-    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
-    500: ("The server had an error while processing your request.", "server_error", "server_error"),
-    502: ("Bad gateway.", "server_error", "bad_gateway"),
-    503: ("The engine is currently overloaded.", "server_error", "service_unavailable"),
-    504: ("Gateway timeout.", "server_error", "timeout"),
-    529: ("Overloaded.", "overloaded_error", "overloaded"),
-}
-
-
-def error_body(status: int, message: str | None = None) -> dict[str, Any]:
-    """The OpenAI-format error body the fakes send for ``status``."""
-    default = _ERRORS.get(status, (f"Fake error {status}.", "server_error", f"http_{status}"))
-    msg, typ, code = default
-    return {"error": {"message": message or msg, "type": typ, "param": None, "code": code}}
-
 
 def validate_rules(rules: Any) -> list[dict[str, Any]]:
     """Check a script (list of rule dicts); raise ValueError naming the problem."""
@@ -110,30 +91,6 @@ def validate_rules(rules: Any) -> list[dict[str, Any]]:
     return [dict(rule) for rule in rules]
 
 
-def _tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4))
-
-
-def _prompt_text(body: Mapping[str, Any]) -> str:
-    parts: list[str] = []
-    for message in body.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "".join(parts)
-
-
-def _split(text: str, n: int) -> list[str]:
-    """Split text into exactly n non-empty pieces (padding with '.' if too short)."""
-    n = max(1, n)
-    if len(text) < n:
-        text += "." * (n - len(text))
-    size = len(text)
-    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
-
-
 class FakeProvider:
     """One fake provider: its records, its script and its aiohttp app."""
 
@@ -142,6 +99,8 @@ class FakeProvider:
         self.require_key = require_key
         self._default_key = require_key
         self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECORDS)
+        # Ids of the Responses answers given, for `previous_response_id` (server state).
+        self.response_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self._rules: list[dict[str, Any]] = []
         # Scripts are set from test threads and consumed on the server loop.
         self._lock = threading.Lock()
@@ -163,6 +122,7 @@ class FakeProvider:
             self._rules = []
         self.require_key = self._default_key
         self.records.clear()
+        self.response_ids.clear()
 
     def _take_rule(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -187,6 +147,8 @@ class FakeProvider:
         app.router.add_route("*", "/_fake/script", self._h_script)
         app.router.add_get("/v1/models", self._h_models)
         app.router.add_post(r"/{prefix:.*}chat/completions", self._h_chat)
+        app.router.add_post(r"/{prefix:.*}responses", self._h_responses)
+        app.router.add_post(r"/{prefix:.*}messages", self._h_messages)
         return app
 
     async def _h_requests(self, request: web.Request) -> web.Response:
@@ -237,7 +199,11 @@ class FakeProvider:
             }
         )
 
-    async def _h_chat(self, request: web.Request) -> web.StreamResponse:
+    async def _accept(self, request: web.Request, errors: Any = error_body,
+                      authorized: Any = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]] | web.Response:
+        """Record the request, check it and its key, apply the script. Returns (body, rule,
+        headers) to answer normally, or the response to send instead (`errors(status, msg)`
+        builds error bodies in the shape's format)."""
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else {}
@@ -245,130 +211,53 @@ class FakeProvider:
             body = None
         self._record(request, body if body is not None else raw.decode("utf-8", "replace"))
         if not isinstance(body, dict):
-            return web.json_response(error_body(400, "Request body is not a JSON object."), status=400)
-        if not self._authorized(request):
-            return web.json_response(error_body(401), status=401)
+            return web.json_response(errors(400, "Request body is not a JSON object."), status=400)
+        if not (authorized or self._authorized)(request):
+            return web.json_response(errors(401, None), status=401)
 
         rule = self._take_rule(request.path, body)
         if rule.get("delay"):
             await asyncio.sleep(float(rule["delay"]))
         if rule.get("close"):
-            return self._abort(request)
+            return abort(request)
 
         headers = {str(k): str(v) for k, v in (rule.get("headers") or {}).items()}
         if "retry_after" in rule:
             headers["Retry-After"] = str(rule["retry_after"])
         status = int(rule.get("status", 200))
         if status >= 400 or "body" in rule:
-            return self._fixed_response(status, rule.get("body"), headers)
+            return self._fixed_response(status, rule["body"] if "body" in rule else errors(status, None), headers)
+        return body, rule, headers
 
-        model = str(body.get("model", ""))
-        content = str(rule.get("content", f"[fake:{self.name}] model={model} ok"))
-        if body.get("stream"):
-            return await self._stream(request, body, model, content, rule, headers)
-        return await self._complete(request, body, model, content, rule, headers)
+    async def _h_chat(self, request: web.Request) -> web.StreamResponse:
+        got = await self._accept(request)
+        if isinstance(got, web.StreamResponse):
+            return got
+        return await chat.answer(request, self.name, *got)
+
+    async def _h_responses(self, request: web.Request) -> web.StreamResponse:
+        got = await self._accept(request)
+        if isinstance(got, web.StreamResponse):
+            return got
+        return await responses.answer(request, self.name, *got, self.response_ids)
+
+    async def _h_messages(self, request: web.Request) -> web.StreamResponse:
+        got = await self._accept(request, messages.error_body, self._authorized_anthropic)
+        if isinstance(got, web.StreamResponse):
+            return got
+        return await messages.answer(request, self.name, *got)
+
+    def _authorized_anthropic(self, request: web.Request) -> bool:
+        """Anthropic's auth: the key in `x-api-key` (older SDKs, curl) or as a Bearer token
+        (anthropic SDK 2.x); never in Azure's `api-key`."""
+        key = self.require_key
+        return (key is None or request.headers.get("x-api-key") == key
+                or request.headers.get("Authorization") == f"Bearer {key}")
 
     def _fixed_response(self, status: int, body: Any, headers: dict[str, str]) -> web.Response:
-        if body is None:
-            body = error_body(status)
         if isinstance(body, str):
             return web.Response(status=status, text=body, headers=headers)
         return web.json_response(body, status=status, headers=headers)
-
-    def _abort(self, request: web.Request) -> web.Response:
-        if request.transport is not None:
-            request.transport.abort()
-        # Nothing can be written any more; aiohttp drops this response quietly.
-        return web.Response(status=500)
-
-    def _usage(self, body: Mapping[str, Any], content: str) -> dict[str, int]:
-        prompt = _tokens(_prompt_text(body))
-        completion = _tokens(content)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-
-    async def _complete(
-        self,
-        request: web.Request,
-        body: Mapping[str, Any],
-        model: str,
-        content: str,
-        rule: Mapping[str, Any],
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        payload = {
-            "id": f"chatcmpl-fake-{uuid.uuid4().hex[:12]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": self._usage(body, content),
-        }
-        data = json.dumps(payload).encode()
-        if "cut_after_chunks" not in rule:
-            return web.Response(body=data, content_type="application/json", headers=headers)
-        # Promise the full length, send half, then drop the connection.
-        resp = web.StreamResponse(headers=headers)
-        resp.content_type = "application/json"
-        resp.content_length = len(data)
-        await resp.prepare(request)
-        await resp.write(data[: len(data) // 2])
-        return self._abort(request)
-
-    async def _stream(
-        self,
-        request: web.Request,
-        body: Mapping[str, Any],
-        model: str,
-        content: str,
-        rule: Mapping[str, Any],
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers=headers)
-        resp.content_type = "text/event-stream"
-        resp.headers["Cache-Control"] = "no-cache"
-        await resp.prepare(request)
-
-        base = {
-            "id": f"chatcmpl-fake-{uuid.uuid4().hex[:12]}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-        }
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        chunk_delay = float(rule.get("chunk_delay", 0))
-        cut_after = rule.get("cut_after_chunks")
-
-        async def send(delta: dict[str, Any], finish: str | None, usage: Any = None) -> None:
-            chunk = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
-            if include_usage:
-                chunk["usage"] = usage
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-
-        await send({"role": "assistant", "content": ""}, None)
-        for i, piece in enumerate(_split(content, int(rule.get("chunks", 3)))):
-            if chunk_delay:  # before the cut too: what was sent gets read before the reset
-                await asyncio.sleep(chunk_delay)
-            if cut_after is not None and i >= int(cut_after):
-                return self._abort(request)
-            await send({"content": piece}, None)
-        if cut_after is not None and int(cut_after) <= 0:
-            return self._abort(request)
-        await send({}, "stop", self._usage(body, content))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
-
 
 class FakeFleet:
     """Several named fake providers, each on its own 127.0.0.1 port.

@@ -1,0 +1,113 @@
+"""OpenAI Chat Completions: `POST …/chat/completions`, answers as `chat.completion`
+or SSE `data:` chunks ending with `data: [DONE]`.
+
+The native shape of most providers. Usage is the answer's `usage` object; in a
+stream, the chunk that carries a non-null `usage` (sent only when the request
+asked for `stream_options.include_usage`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import RoutecarError
+from ..policy.evaluate import RequestProfile
+from .base import (ApiName, SSEUsageReader, Usage, UsageReader, content_size, count, estimate_tokens, int_field,
+                   json_size, model_of, parse_answer, path_matches)
+
+# Content part types a chat request may carry that no other shape can take.
+_NATIVE_PARTS = frozenset({"input_audio", "file", "audio"})
+
+
+def usage_from(obj: Any) -> Usage | None:
+    """A chat `usage` object (`prompt_tokens`, `completion_tokens`, details) as Usage."""
+    if not isinstance(obj, Mapping) or count(obj.get("prompt_tokens")) is None:
+        return None
+    details = obj.get("prompt_tokens_details")
+    cached = count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+    return Usage(int_field(obj, "prompt_tokens"), int_field(obj, "completion_tokens"), cached)
+
+
+def _pick(event: Mapping[str, Any], seen: Usage | None) -> Usage | None:
+    return usage_from(event.get("usage")) or seen
+
+
+class ChatShape:
+    name: ApiName = "chat"
+    suffix = "chat/completions"
+    default_headers: Mapping[str, str] = {}
+
+    def matches(self, path: str) -> bool:
+        return path_matches(path, self.suffix)
+
+    def profile(self, body: Mapping[str, Any]) -> RequestProfile:
+        """Estimate from the messages: ~4 characters per token, +4 per message."""
+        chars, vision, n = 0, False, 0
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            for m in messages:
+                if isinstance(m, Mapping):
+                    c, img = content_size(m.get("content"))
+                    chars += c
+                    vision |= img
+                    n += 1
+        tools = body.get("tools") or body.get("functions")
+        chars += json_size(tools)
+        max_tokens = count(body.get("max_completion_tokens", body.get("max_tokens")))
+        return RequestProfile(model_of(body), estimate_tokens(chars, n), max_tokens, bool(tools), vision,
+                              body.get("stream") is True)
+
+    def native_only(self, body: Mapping[str, Any]) -> tuple[str, ...]:
+        """What only a chat provider can serve: audio, several choices, logprobs, files,
+        legacy `functions`, provider-side web search, JSON mode without a schema."""
+        reasons: list[str] = []
+        modalities = body.get("modalities")
+        if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
+            reasons.append("audio")
+        n = body.get("n")
+        if n is not None and n != 1:
+            reasons.append("n")
+        if body.get("logprobs") or body.get("top_logprobs") is not None:
+            reasons.append("logprobs")
+        if body.get("functions") is not None or body.get("function_call") is not None:
+            reasons.append("functions")
+        if body.get("web_search_options") is not None:
+            reasons.append("web_search_options")
+        fmt = body.get("response_format")
+        if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
+            reasons.append("response_format:json_object")   # Messages can only be given a schema
+        messages = body.get("messages")
+        for m in messages if isinstance(messages, list) else ():
+            if not isinstance(m, Mapping):
+                continue
+            if m.get("role") == "function":
+                reasons.append("message:function")
+            content = m.get("content")
+            for part in content if isinstance(content, list) else ():
+                if isinstance(part, Mapping) and part.get("type") in _NATIVE_PARTS:
+                    reasons.append(f"content:{part['type']}")
+        return tuple(dict.fromkeys(reasons))
+
+    def for_entry(self, body: Mapping[str, Any], model: str) -> dict[str, Any]:
+        return {**body, "model": model}
+
+    def usage(self, answer: bytes) -> Usage | None:
+        body = parse_answer(answer)
+        return usage_from(body.get("usage")) if body is not None else None
+
+    def usage_reader(self) -> UsageReader:
+        return SSEUsageReader(_pick)
+
+    def error_body(self, err: RoutecarError) -> dict[str, Any]:
+        return err.to_openai()
+
+    def stream_error(self, message: str) -> bytes:
+        """An in-stream error the OpenAI SDK raises as APIError: never a silent clean end."""
+        err = {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted",
+                         "param": None}}
+        return b"data: " + json.dumps(err).encode() + b"\n\n"
+
+
+CHAT = ChatShape()

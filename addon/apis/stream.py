@@ -1,0 +1,127 @@
+"""The frame every stream translator shares: bytes in, bytes out, incrementally.
+
+    feed(chunk) -> bytes    the caller-shape bytes for the provider bytes seen so far
+    close()     -> bytes    the provider's stream ended (EOF): the closing events, or an
+                            error event if it ended before saying it was complete
+    fail(msg)   -> bytes    the provider's stream broke: an error event in the caller's shape
+    usage                   what the provider reported, once it did
+
+A chunk may split an SSE line anywhere (the decoder keeps the partial line);
+memory stays bounded by the decoder's event limit plus, for a translation that
+must restate the whole answer at its end (Responses), `MAX_ANSWER` bytes. After
+an error event nothing more is emitted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from .base import Usage
+from .sse import SSEDecoder, SSEError, SSEEvent
+
+MAX_ANSWER = 16 * 1024 * 1024
+
+
+class StreamTranslator(Protocol):
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+    def fail(self, message: str) -> bytes: ...
+
+    @property
+    def usage(self) -> Usage | None: ...
+
+
+class SSETranslator:
+    """Base class: subclasses implement `_event`, `_end` and `_error` on decoded events."""
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self._over = False          # closing events or an error event were emitted
+        self._usage: Usage | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._over:
+            return b""
+        try:
+            events = self._decoder.feed(chunk)
+        except SSEError as e:
+            return self.fail(f"routecar: cannot translate the provider's stream: {e}")
+        return self._run(events)
+
+    def close(self) -> bytes:
+        if self._over:
+            return b""
+        try:
+            out = self._run(self._decoder.close())
+        except SSEError as e:
+            return self.fail(f"routecar: cannot translate the provider's stream: {e}")
+        if self._over:
+            return out
+        self._over = True
+        return out + b"".join(self._end())
+
+    def fail(self, message: str) -> bytes:
+        if self._over:
+            return b""
+        self._over = True
+        return self._error(message)
+
+    def _run(self, events: list[SSEEvent]) -> bytes:
+        out: list[bytes] = []
+        for ev in events:
+            if self._over:
+                break
+            try:
+                out += self._event(ev)
+            except StreamFailure as e:
+                out.append(self.fail(str(e)))
+        return b"".join(out)
+
+    def _finish(self) -> list[bytes]:
+        """Emit the closing events now (the provider said it is done)."""
+        self._over = True
+        return self._end()
+
+    # -- for subclasses ------------------------------------------------------------------
+    def _event(self, ev: SSEEvent) -> list[bytes]:
+        raise NotImplementedError
+
+    def _end(self) -> list[bytes]:
+        """At EOF: the closing events, or an error event if the provider had not finished."""
+        raise NotImplementedError
+
+    def _error(self, message: str) -> bytes:
+        raise NotImplementedError
+
+
+class StreamFailure(Exception):
+    """Raised inside `_event` to end the stream with an error event."""
+
+
+def event_json(ev: SSEEvent) -> Mapping[str, Any]:
+    """An event's data as a JSON object, or a failure naming what is wrong."""
+    try:
+        data = json.loads(ev.data)
+    except ValueError:
+        raise StreamFailure("routecar: the provider sent an event that is not JSON") from None
+    if not isinstance(data, dict):
+        raise StreamFailure("routecar: the provider sent an event that is not a JSON object")
+    return data
+
+
+def error_text(data: Mapping[str, Any]) -> str:
+    """The message of an in-stream error object (OpenAI's or Anthropic's)."""
+    err = data.get("error")
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return err["message"]
+    if isinstance(data.get("message"), str):
+        return data["message"]
+    return "the provider reported an error in its stream"
