@@ -46,6 +46,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.compress import Encoder, choose
+
 HOST = "127.0.0.1"
 MAX_RECORDS = 10_000  # benchmarks send far more; keep memory bounded
 
@@ -62,6 +64,9 @@ RULE_KEYS = {
     "content": "str: assistant message content instead of the default",
     "cut_after_chunks": "int: abort the connection after this many content chunks",
     "close": "bool: drop the connection before any response",
+    "compress": "str: 'auto' (honour Accept-Encoding), or gzip/deflate/br/zstd even when not "
+                "asked; another name is sent as a header over a plain body (see compress.py)",
+    "content_type": "str: Content-Type of a 'body' answer (e.g. application/json over garbage)",
 }
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "mistral-small", "claude-sonnet", "gemini-flash"]
@@ -259,8 +264,11 @@ class FakeProvider:
         if "retry_after" in rule:
             headers["Retry-After"] = str(rule["retry_after"])
         status = int(rule.get("status", 200))
+        coding = choose(rule.get("compress"), request.headers.get("Accept-Encoding"))
+        if coding:
+            headers["Content-Encoding"] = coding
         if status >= 400 or "body" in rule:
-            return self._fixed_response(status, rule.get("body"), headers)
+            return self._fixed_response(status, rule.get("body"), headers, rule.get("content_type"), coding)
 
         model = str(body.get("model", ""))
         content = str(rule.get("content", f"[fake:{self.name}] model={model} ok"))
@@ -268,12 +276,18 @@ class FakeProvider:
             return await self._stream(request, body, model, content, rule, headers)
         return await self._complete(request, body, model, content, rule, headers)
 
-    def _fixed_response(self, status: int, body: Any, headers: dict[str, str]) -> web.Response:
+    def _fixed_response(self, status: int, body: Any, headers: dict[str, str],
+                        content_type: str | None = None, coding: str | None = None) -> web.Response:
         if body is None:
             body = error_body(status)
+        content_type = content_type or headers.pop("Content-Type", None)
         if isinstance(body, str):
-            return web.Response(status=status, text=body, headers=headers)
-        return web.json_response(body, status=status, headers=headers)
+            data, ctype = body.encode(), content_type or "text/plain"
+        else:
+            data, ctype = json.dumps(body).encode(), content_type or "application/json"
+        if coding:
+            data = Encoder(coding).whole(data)
+        return web.Response(status=status, body=data, headers={**headers, "Content-Type": ctype})
 
     def _abort(self, request: web.Request) -> web.Response:
         if request.transport is not None:
@@ -315,6 +329,8 @@ class FakeProvider:
             "usage": self._usage(body, content),
         }
         data = json.dumps(payload).encode()
+        if "Content-Encoding" in headers:
+            data = Encoder(headers["Content-Encoding"]).whole(data)
         if "cut_after_chunks" not in rule:
             return web.Response(body=data, content_type="application/json", headers=headers)
         # Promise the full length, send half, then drop the connection.
@@ -345,6 +361,7 @@ class FakeProvider:
             "created": int(time.time()),
             "model": model,
         }
+        encoder = Encoder(headers["Content-Encoding"]) if "Content-Encoding" in headers else None
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chunk_delay = float(rule.get("chunk_delay", 0))
         cut_after = rule.get("cut_after_chunks")
@@ -353,7 +370,8 @@ class FakeProvider:
             chunk = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
             if include_usage:
                 chunk["usage"] = usage
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await resp.write(encoder.chunk(event) if encoder else event)
 
         await send({"role": "assistant", "content": ""}, None)
         for i, piece in enumerate(_split(content, int(rule.get("chunks", 3)))):
@@ -365,7 +383,8 @@ class FakeProvider:
         if cut_after is not None and int(cut_after) <= 0:
             return self._abort(request)
         await send({}, "stop", self._usage(body, content))
-        await resp.write(b"data: [DONE]\n\n")
+        done = b"data: [DONE]\n\n"
+        await resp.write(encoder.chunk(done) + encoder.finish() if encoder else done)
         await resp.write_eof()
         return resp
 
