@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import aiohttp
 
@@ -67,6 +68,13 @@ def stream_health(stats: StreamStats) -> bool | None:
     if stats.interrupted or stats.client_gone and stats.error is None:
         return None
     return stats.error is None
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def _is_sse(headers: Sequence[tuple[str, str]]) -> bool:
@@ -185,7 +193,7 @@ class Relay:
     async def _pipe(self, p: Pending, writer: asyncio.StreamWriter) -> bool:
         """Send one parked response; False if the connection can't be reused."""
         stats = StreamStats(captured=bytearray() if p.capture else None)
-        head = [f"HTTP/1.1 {p.status} X"]
+        head = [f"HTTP/1.1 {p.status} {_reason(p.status)}"]
         head += [f"{k}: {v}" for k, v in p.headers]
         head.append("transfer-encoding: chunked")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))

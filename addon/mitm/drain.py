@@ -79,8 +79,11 @@ class Drain:
         if self._flows:
             log.info("routecar: draining %d call(s), up to %gs (a second SIGTERM ends the drain now)",
                      len(self._flows), self.timeout_s)
-        if await self._wait_idle(self.timeout_s, hurry=True):
-            return
+        if not await self._wait_idle(self.timeout_s, hurry=True):
+            await self._cut(relay)
+        await _close_connections()
+
+    async def _cut(self, relay: Relay | None) -> None:
         log.warning("routecar: drain deadline: ending %d call(s) still running (503 / SSE shutting_down)",
                     len(self._flows))
         self.cut.set()
@@ -109,6 +112,22 @@ class Drain:
             # (tests, an embedding app) the deadline alone ends the drain.
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._hurry.set)
+
+
+async def _close_connections(timeout_s: float = 2.0) -> None:
+    """End the clients' idle keep-alive connections the way mitmproxy ends a closed one, so
+    they close cleanly (FIN) instead of being cancelled mid-await when the event loop stops."""
+    server = ctx.master.addons.get("proxyserver") if ctx.master else None
+    if server is None:
+        return
+    for handler in list(server.connections.values()):
+        io = getattr(handler, "transports", {}).get(getattr(handler, "client", None))
+        task = getattr(io, "handler", None)
+        if task is not None:
+            task.cancel()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while server.connections and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)   # each handler logs its disconnect and unregisters
 
 
 async def _stop_listening() -> None:

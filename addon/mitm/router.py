@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import http1
 from mitmproxy.proxy import mode_specs
 
 from ..bodies import decode_request
@@ -355,9 +356,12 @@ class Router:
             path = self.relay.register(result.status, result.headers, stream=result.stream,
                                        body=result.body, capture=not state.no_log,
                                        on_done=lambda stats: self._finish(state, stats))
+            close = http1.connection_close(req.http_version, req.headers)
             req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, path
             req.headers.clear()
             req.headers["host"] = f"127.0.0.1:{self.relay.port}"
+            if close:   # mitmproxy reads the client's wish from this (same) request object
+                req.headers["connection"] = "close"
             req.content = b""
             return
         flow.response = make_response(result.status, result.body, result.headers + self._route_headers(state))
@@ -367,10 +371,16 @@ class Router:
         state = flow.metadata.get(META)
         if not isinstance(state, Routed) or state.result is None or flow.response is None:
             return
+        headers = flow.response.headers
         if flow.request.path.startswith(Relay.PREFIX):
             flow.response.stream = True
             for k, v in self._route_headers(state):
-                flow.response.headers[k] = v
+                headers[k] = v
+            if flow.request.http_version == "HTTP/1.0":
+                # An HTTP/1.0 client cannot read chunks: the body ends when the connection does.
+                headers.pop("transfer-encoding", None)
+        if http1.connection_close(flow.request.http_version, flow.request.headers):
+            headers["connection"] = "close"   # say so; mitmproxy closes after this response
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = flow.metadata.get(META)
