@@ -50,7 +50,7 @@ class Encoder:
         elif coding == "deflate":
             self._z = zlib.compressobj(wbits=15)   # HTTP "deflate" is the zlib format
         elif coding == "br":
-            self._br = brotli.Compressor()
+            self._br = brotli.Compressor(quality=4)   # fast: tests compress tens of MiB
         elif coding == "zstd":
             self._zstd = zstd.ZstdCompressor()
 
