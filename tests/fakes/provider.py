@@ -422,7 +422,10 @@ class FakeFleet:
 
     async def start_async(self) -> FakeFleet:
         for i, name in enumerate(self.names):
-            runner = web.AppRunner(self.providers[name].app(), access_log=None, handle_signals=False)
+            # handler_cancellation: like a real provider, stop generating when the caller hangs up
+            # (and a stopping fleet never waits for a 40 s scripted delay nobody listens to any more).
+            runner = web.AppRunner(self.providers[name].app(), access_log=None, handle_signals=False,
+                                   handler_cancellation=True)
             await runner.setup()
             self._runners.append(runner)
             port = self.port_base + i if self.port_base else 0
