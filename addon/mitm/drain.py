@@ -74,8 +74,8 @@ class Drain:
     # -- the shutdown ---------------------------------------------------------------------
     async def drain(self, relay: Relay | None) -> None:
         self.draining = True
+        self._on_second_signal()   # first: once the listener is gone, a second SIGTERM must count
         await _stop_listening()
-        self._on_second_signal()
         if self._flows:
             log.info("routecar: draining %d call(s), up to %gs (a second SIGTERM ends the drain now)",
                      len(self._flows), self.timeout_s)
