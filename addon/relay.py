@@ -108,11 +108,6 @@ class Relay:
         for task in list(self._streaming):
             task.cancel()
 
-    @property
-    def busy(self) -> int:
-        """Responses parked or being sent."""
-        return len(self._pending) + len(self._streaming)
-
     async def stop(self) -> None:
         for token in list(self._pending):   # never fetched: still traced
             self._drop(token, StreamStats(interrupted=True))
