@@ -203,6 +203,28 @@ def test_the_provider_gets_exactly_the_object_routecar_evaluated(sidecar, fake, 
     assert rec["body"]["messages"][0]["content"] == "café 😀 \\ud800 \x00 é"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_providers_lone_surrogates_never_make_a_call_untraced(sidecar, fake, stream):
+    side = sidecar(mode="reverse")
+    usage = '{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2, "\\ud800": NaN}'
+    if stream:
+        body = ('data: {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, '
+                '"delta": {"content": "\\udfff"}, "finish_reason": null}]}\n\n'
+                f'data: {{"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [], "usage": {usage}}}\n\n'
+                "data: [DONE]\n\n")
+        rule = {"status": 200, "body": body, "content_type": "text/event-stream"}
+    else:
+        body = ('{"id": "c", "object": "chat.completion", "model": "m", "choices": [{"index": 0, "message": '
+                f'{{"role": "assistant", "content": "\\ud800"}}, "finish_reason": "stop"}}], "usage": {usage}}}')
+        rule = {"status": 200, "body": body, "content_type": "application/json"}
+    fake.set_script("mistral", [rule])
+    status, hdrs, out = post(side, BODY if not stream else json.dumps(dict(CHAT, stream=True)).encode(), [],
+                             Path(side.traces).parent)
+    assert status == 200 and (b"\\ud800" in out or b"\\udfff" in out)
+    t = trace(side, hdrs["x-route-trace-id"])
+    assert (t["status"], t["outcome"], t["prompt_tokens"]) == (200, "ok", 1)
+
+
 # -- HTTP/1.0 and Connection: close, with raw sockets -----------------------------------------
 
 def raw_call(side, version: str, connection: str | None, stream: bool, no_log: bool,
