@@ -54,8 +54,11 @@ def test_compressed_answers_reach_the_sdk_decoded(sidecar, fake, mode):
         chunks = client.chat.completions.create(model="gpt-4o", messages=MSG, stream=True,
                                                 extra_headers={"X-Route-Policy": EU})
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == OK_TEXT, coding
+        relayed = client.chat.completions.create(model="gpt-4o", messages=MSG,   # no_log: via the relay
+                                                 extra_headers={"X-Route-Policy": EU_NO_LOG})
+        assert relayed.choices[0].message.content == OK_TEXT, coding
         # routecar asks for identity; the SDK's own Accept-Encoding never reaches the provider.
-        assert [headers_of(r, "accept-encoding") for r in fake.requests("mistral")] == [["identity"]] * 2
+        assert [headers_of(r, "accept-encoding") for r in fake.requests("mistral")] == [["identity"]] * 3
 
 
 def test_an_answer_in_a_coding_nobody_decodes_falls_back(sidecar, fake):
@@ -123,6 +126,28 @@ def test_encoded_request_bodies_are_decoded_and_the_coding_not_forwarded(sidecar
         assert rec["body"]["messages"] == MSG   # plain JSON at the provider
         t = trace(side, hdrs["x-route-trace-id"])
         assert (t["status"], t["outcome"]) == (200, "ok")
+
+
+def test_a_chunked_upload_of_a_gzip_body_is_decoded_too(sidecar, fake, tmp_path):
+    side = sidecar(mode="reverse")
+    status, _, out = post(side, encode(BODY, ["gzip"]),
+                          [("content-encoding", "gzip"), ("transfer-encoding", "chunked")], tmp_path)
+    assert status == 200 and json.loads(out)["choices"][0]["message"]["content"] == OK_TEXT
+    assert fake.requests("mistral")[0]["body"]["messages"] == MSG
+
+
+def test_dry_run_bodies_are_decoded_within_the_bound_too(sidecar, tmp_path):
+    side = sidecar(mode="reverse")
+    rank = json.dumps({"policy": {"rules": [["eq", "region", "eu"]]}}).encode()
+    bomb = encode(b'{"policy": {"rules": []}, "pad": "' + b"A" * (12 * 1024 * 1024) + b'"}', ["gzip"])
+    for data, expected in ((encode(rank, ["gzip"]), 200), (bomb, 413), (rank, 200)):
+        (tmp_path / "rank.bin").write_bytes(data)
+        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", f"@{tmp_path / 'rank.bin'}",
+                "-H", "content-type: application/json", side.url + "/x/rank"]
+        if data is not rank:
+            argv += ["-H", "content-encoding: gzip"]
+        code = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+        assert int(code) == expected
 
 
 BOMB = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + b"A" * (12 * 1024 * 1024) + b'"}]}'
