@@ -235,7 +235,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     Example: OPENAI_API_KEY=... routecar run --listen 127.0.0.1:8080
              routecar run --mode reverse:https://api.openai.com --listen 127.0.0.1:4000
-             routecar run --drain-timeout 60   # on SIGTERM, in-flight calls get up to 60 s
     """
     from ..cabundle import confdir, default_home, write_bundle
     from ..mitm.router import Router
@@ -251,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "routecar_catalog": str(args.catalog), "routecar_providers": str(args.providers),
         "routecar_tenants": args.tenants or "", "routecar_rules": str(args.rules),
         "routecar_default_policy": args.default_policy or "", "routecar_default_tenant": args.default_tenant or "",
-        "routecar_traces": args.traces or "",
+        "routecar_traces": args.traces or "", "routecar_drain_timeout": args.drain_timeout,
     }
     if args.identify:
         options["routecar_identify"] = args.identify
@@ -261,8 +260,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["routecar_tenant_grace"] = str(args.tenant_grace)
     if args.proxyauth:
         options["proxyauth"] = args.proxyauth
-    if args.drain_timeout is not None:
-        options["routecar_drain_timeout"] = args.drain_timeout
     if args.save:
         options["save_stream_file"] = args.save
     # How to point an app at it is logged once the port is bound (see Router.running).
@@ -332,8 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--proxyauth", help="mitmproxy proxyauth spec, e.g. 'any' to read tenant ids from "
                                         "HTTPS_PROXY=http://TENANT:x@host:port")
     sp.add_argument("--save", help="save flows to this file (no_log payloads are never in it)")
-    sp.add_argument("--drain-timeout", metavar="SECONDS",
-                    help="on SIGTERM, seconds in-flight calls may take to finish (default 30; 0: end them now)")
+    sp.add_argument("--drain-timeout", default="30", help="on SIGTERM, seconds calls in flight may take to finish")
     sp.add_argument("--web", action="store_true", help="mitmweb UI (all default addons)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option")
 
