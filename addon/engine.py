@@ -17,6 +17,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from .bodies import loads_strict
 from .catalog import Catalog, CatalogEntry
 from .errors import (BadRequest, ConfigError, InvalidPolicy, NoCandidate, PayloadTooLarge, RoutecarError,
                      UnknownTenant)
@@ -59,10 +60,7 @@ def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
         raise BadRequest("request body is empty: expected a JSON chat completion request")
     if len(raw) > max_body:
         raise PayloadTooLarge(f"request body larger than {max_body} bytes (routecar_max_body)")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    body = loads_strict(raw)   # no duplicate keys, NaN/Infinity or lone surrogates (see bodies.py)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body

@@ -8,9 +8,11 @@
     ├── UnknownTenant                  403 unknown_tenant
     ├── TenantSourceUnavailable        503 tenant_source_unavailable (tenant database down, not cached)
     ├── BadRequest                     400 invalid_request  (malformed body)
-    │   └── PayloadTooLarge            413 request_too_large
+    │   ├── PayloadTooLarge            413 request_too_large (also once decoded: a compression bomb)
+    │   └── UnsupportedEncoding        415 unsupported_encoding (a request Content-Encoding not decoded)
     ├── MissingProviderKey             500 provider_key_missing (names the env var, never the key)
-    └── UpstreamFailed                 502 upstream_failed  (.attempts: each attempt's outcome)
+    ├── UpstreamFailed                 502 upstream_failed  (.attempts: each attempt's outcome)
+    └── ShuttingDown                   503 shutting_down    (still running at the drain deadline)
 
 Errors carry context (policy fingerprint, tenant, entry id) and are turned into
 the client-facing body only at the edge (`to_openai`). Library users catch
@@ -122,6 +124,11 @@ class PayloadTooLarge(BadRequest):
     code = "request_too_large"
 
 
+class UnsupportedEncoding(BadRequest):
+    status = 415
+    code = "unsupported_encoding"
+
+
 class MissingProviderKey(RoutecarError):
     code = "provider_key_missing"
 
@@ -146,3 +153,9 @@ class UpstreamFailed(RoutecarError):
 
     def details(self) -> dict[str, Any]:
         return {"attempts": self.attempts}
+
+
+class ShuttingDown(RoutecarError):
+    status = 503
+    code = "shutting_down"
+    type = "server_error"

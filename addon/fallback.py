@@ -8,7 +8,9 @@ stay in the addon; nothing here raises to mean "stop" and nothing reads a clock
 
     Action        what the addon does next
     ok            2xx: hand the response to the client
-    retry         try the next entry (after `delay_s`, if the next one is the same provider)
+    retry         try the next entry (after `delay_s`, if the next one is the same provider);
+                  also a 2xx routecar cannot read (AttemptError.INVALID_BODY: not JSON,
+                  an unknown Content-Encoding): "ok" means a usable answer, not a status
     skip_provider 401/402/403/insufficient quota: move on, skipping that provider entirely
     bigger_context 400 context_length_exceeded: move on to a larger context window only
     return        any other 4xx (content filter, bad request): the client gets it as is
@@ -44,6 +46,7 @@ class AttemptError(StrEnum):
     TIMEOUT_CONNECT = "timeout_connect"
     TIMEOUT_FIRST_BYTE = "timeout_first_byte"
     TIMEOUT = "timeout"                    # overall timeout
+    INVALID_BODY = "invalid_body"          # a 2xx routecar cannot read: not JSON, unknown coding
 
 
 class Action(StrEnum):
@@ -64,6 +67,7 @@ class ErrorClass(StrEnum):
     CONNECT_ERROR = "connect_error"
     CONNECTION_RESET = "connection_reset"
     TIMEOUT = "timeout"
+    INVALID_RESPONSE = "invalid_response"     # 2xx whose body is not what it claims (retried)
     AUTH = "auth"
     QUOTA = "quota"
     CONTEXT_LENGTH = "context_length"
@@ -123,6 +127,7 @@ _ERROR_CLASSES: dict[AttemptError, ErrorClass] = {
     AttemptError.TIMEOUT_CONNECT: ErrorClass.TIMEOUT,
     AttemptError.TIMEOUT_FIRST_BYTE: ErrorClass.TIMEOUT,
     AttemptError.TIMEOUT: ErrorClass.TIMEOUT,
+    AttemptError.INVALID_BODY: ErrorClass.INVALID_RESPONSE,
 }
 
 _RETRY_STATUSES: dict[int, ErrorClass] = {

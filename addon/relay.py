@@ -5,7 +5,11 @@ responses by one-time token, so mitmproxy streams the winning attempt chunk by c
 `register()` and points the flow at the returned path, with
 `flow.response.stream = True`. A stream that breaks after bytes were sent ends
 with an SSE error event (never a silent clean end); a client that hangs up
-aborts the upstream read. No mitmproxy import here.
+aborts the upstream read. `interrupt()` (the drain deadline of a shutdown) ends
+every stream still running with an SSE `shutting_down` error event. Every
+parked response reports to its `on_done` exactly once, also when it is
+discarded or expires unfetched, so every call gets its trace. No mitmproxy
+import here.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import aiohttp
 
@@ -31,6 +36,7 @@ class StreamStats:
     chunks: int = 0
     error: str | None = None      # set when the stream broke after bytes were sent
     client_gone: bool = False
+    interrupted: bool = False     # ended by routecar itself at the drain deadline
     tail: bytearray = field(default_factory=bytearray)   # last bytes, for the usage chunk
     captured: bytearray | None = None                   # the body for traces (None with no_log)
 
@@ -46,10 +52,29 @@ class Pending:
     expires: float
 
 
-def sse_error_event(message: str) -> bytes:
+def sse_error_event(message: str, code: str = "stream_interrupted", type_: str = "upstream_error") -> bytes:
     """An in-stream error the OpenAI SDK raises as APIError: never a silent clean end."""
-    err = {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted", "param": None}}
+    err = {"error": {"message": message, "type": type_, "code": code, "param": None}}
     return b"data: " + json.dumps(err).encode() + b"\n\n"
+
+
+SHUTDOWN_EVENT = sse_error_event("routecar is shutting down: this stream was ended at the drain deadline",
+                                 code="shutting_down", type_="server_error")
+
+
+def stream_health(stats: StreamStats) -> bool | None:
+    """What a relayed stream says about its provider: True if it ended properly, False if
+    it broke, None when it says nothing (the client left, or routecar ended it)."""
+    if stats.interrupted or stats.client_gone and stats.error is None:
+        return None
+    return stats.error is None
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def _is_sse(headers: Sequence[tuple[str, str]]) -> bool:
@@ -69,17 +94,23 @@ class Relay:
         self._pending: dict[str, Pending] = {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._streaming: set[asyncio.Task[object]] = set()   # tasks copying a provider stream
+        self.interrupted = False
         self.port = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    def interrupt(self) -> None:
+        """End every running (and every later) stream with an SSE `shutting_down` event."""
+        self.interrupted = True
+        for task in list(self._streaming):
+            task.cancel()
+
     async def stop(self) -> None:
-        for p in self._pending.values():
-            if p.stream is not None:
-                p.stream.close()
-        self._pending.clear()
+        for token in list(self._pending):   # never fetched: still traced
+            self._drop(token, StreamStats(interrupted=True))
         if self._server is not None:
             self._server.close()
             # wait_closed() waits for every connection: close mitmproxy's idle keep-alive
@@ -102,14 +133,23 @@ class Relay:
         return self.PREFIX + token
 
     def discard(self, path: str) -> None:
-        p = self._pending.pop(path.removeprefix(self.PREFIX), None)
-        if p is not None and p.stream is not None:
+        """Drop a parked response that will never be fetched (its flow failed): traced as client_gone."""
+        self._drop(path.removeprefix(self.PREFIX), StreamStats(client_gone=True))
+
+    def _drop(self, token: str, stats: StreamStats) -> None:
+        p = self._pending.pop(token, None)
+        if p is None:
+            return
+        if p.stream is not None:
             p.stream.close()
+        done = p.on_done(stats)
+        if asyncio.iscoroutine(done):
+            asyncio.ensure_future(done)
 
     def _expire(self) -> None:
         now = self.clock()
         for token in [t for t, p in self._pending.items() if p.expires < now]:
-            self.discard(self.PREFIX + token)
+            self._drop(token, StreamStats(client_gone=True))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
@@ -148,7 +188,7 @@ class Relay:
     async def _pipe(self, p: Pending, writer: asyncio.StreamWriter) -> bool:
         """Send one parked response; False if the connection can't be reused."""
         stats = StreamStats(captured=bytearray() if p.capture else None)
-        head = [f"HTTP/1.1 {p.status} X"]
+        head = [f"HTTP/1.1 {p.status} {_reason(p.status)}"]
         head += [f"{k}: {v}" for k, v in p.headers]
         head.append("transfer-encoding: chunked")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
@@ -190,8 +230,28 @@ class Relay:
 
     async def _pipe_stream(self, stream: aiohttp.ClientResponse, stats: StreamStats,
                            send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool) -> bool:
-        """Copy the provider's stream; True if it ended cleanly. SSE is forwarded in whole
-        events, so that an error event after a cut is never glued to half an event."""
+        """Copy the provider's stream; True if it ended cleanly. At the drain deadline
+        (`interrupt`) the copy is cancelled and the stream ends with a shutting_down event."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streaming.add(task)
+        try:
+            if not self.interrupted:
+                return await self._copy(stream, stats, send, writer, sse=sse)
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+            task.uncancel()
+        finally:
+            self._streaming.discard(task)
+        stats.interrupted = True
+        send(SHUTDOWN_EVENT)   # after whole events only: a partial one was held back in _copy
+        return False
+
+    async def _copy(self, stream: aiohttp.ClientResponse, stats: StreamStats,
+                    send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool) -> bool:
+        """SSE is forwarded in whole events, so that an error event after a cut is never
+        glued to half an event."""
         buf = b""
         while not stats.client_gone:
             try:

@@ -11,6 +11,15 @@ HTTP/1.1 server on 127.0.0.1 that mitmproxy is pointed at, so the winner's
 bytes go to the client chunk by chunk (`flow.response.stream = True`) and a
 client that hangs up aborts the upstream read. No mitmproxy import here.
 
+Bytes are what their headers say: the body sent is JSON routecar serialised
+itself (no Content-Encoding), and providers are asked for `identity` answers;
+one that compresses anyway is decoded by aiohttp (gzip, deflate, br, zstd:
+bounded, streams included), and the coding header is dropped with it. An
+answer in a coding routecar cannot decode, or a 2xx whose body is not the JSON
+it claims to be, is a failed attempt (`invalid_body`): fallback moves on and
+health counts it. A stream's health is booked when it ends (`Result.stream_ms`),
+not at its first event: a provider that cuts every stream must cool down.
+
 Timeouts per attempt: `connect_s` until a connection is ready (new or reused,
 told by an aiohttp trace hook, see `new_session`), then `first_byte_s` until
 the response headers (for a stream: its first event); every attempt is also
@@ -27,17 +36,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
 
 from .engine import Engine, Outbound
-from .errors import MissingProviderKey, RoutecarError, UpstreamFailed
+from .errors import MissingProviderKey, RoutecarError, ShuttingDown, UpstreamFailed
 from .fallback import Action, AttemptError, Outcome, Verdict, classify, next_attempt
 from .policy import Decision
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
 MAX_FIRST_EVENT = 256 * 1024     # a first SSE event larger than this is passed on unchecked
-RESPONSE_DROP = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection",
+RESPONSE_DROP = frozenset({"content-length", "transfer-encoding", "connection",
                            "keep-alive", "date", "server"})
+# Codings aiohttp decodes (auto_decompress); any other is kept as its header says, and a 2xx in it fails.
+DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
+# The outbound body is routecar's own identity-coded JSON, whatever the app's headers said.
+WIRE_DROP = frozenset({"content-encoding", "content-length", "accept-encoding", "transfer-encoding"})
 # Attempts that say nothing about the entry's health: the request itself was the problem.
 _HEALTH_NEUTRAL = (Action.RETURN, Action.BIGGER_CONTEXT)
 
@@ -68,10 +82,26 @@ class Result:
     stream: aiohttp.ClientResponse | None = None
     ttfb_ms: float | None = None
     error: RoutecarError | None = None   # set when every attempt failed
+    stream_ms: float | None = None       # a stream's attempt time: health is booked when it ends
+
+
+def content_coding(resp: aiohttp.ClientResponse) -> str:
+    """The answer's Content-Encoding, lower-case ('' when absent or identity)."""
+    coding = resp.headers.get("content-encoding", "").strip().lower()
+    return "" if coding == "identity" else coding
 
 
 def response_headers(resp: aiohttp.ClientResponse) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in resp.headers.items() if k.lower() not in RESPONSE_DROP]
+    """Headers for the client: a coding aiohttp decoded goes with the bytes it described."""
+    drop = RESPONSE_DROP | {"content-encoding"} if content_coding(resp) in DECODED else RESPONSE_DROP
+    return [(k, v) for k, v in resp.headers.items() if k.lower() not in drop]
+
+
+def wire_headers(out: Outbound) -> dict[str, str]:
+    """The headers sent with `out.body`: no coding of the app's, identity answers asked for."""
+    headers = {k: v for k, v in out.headers.items() if k.lower() not in WIRE_DROP}
+    headers["accept-encoding"] = "identity"
+    return headers
 
 
 # -- the session ------------------------------------------------------------------------
@@ -100,7 +130,9 @@ def new_session(timeouts: Timeouts) -> aiohttp.ClientSession:
     """The aiohttp session `try_plan` wants: no env proxy, per-phase timeouts, no pool limit.
 
     The trace hooks tell `_send` when the connection is ready, so the first-byte
-    timeout starts then and not at the start of the connect.
+    timeout starts then and not at the start of the connect. auto_decompress:
+    `wire_headers` asks for identity, but a provider that compresses anyway is
+    decoded here, within aiohttp's bounded buffers.
     """
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(_connection_ready)
@@ -109,7 +141,7 @@ def new_session(timeouts: Timeouts) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s),
-        trace_configs=[trace], trust_env=False, auto_decompress=False)
+        trace_configs=[trace], trust_env=False, auto_decompress=True)
 
 
 # -- attempts ---------------------------------------------------------------------------
@@ -117,11 +149,34 @@ def new_session(timeouts: Timeouts) -> aiohttp.ClientSession:
 async def try_plan(session: aiohttp.ClientSession, engine: Engine, decision: Decision,
                    body: Mapping[str, Any], client_headers: Mapping[str, str], *,
                    timeouts: Timeouts, clock: Callable[[], float] = time.monotonic,
-                   sleep: Sleep = asyncio.sleep) -> Result:
-    """Try the decision's ranked entries (at most max_attempts) until one answers."""
+                   sleep: Sleep = asyncio.sleep, shutdown: asyncio.Event | None = None) -> Result:
+    """Try the decision's ranked entries (at most max_attempts) until one answers.
+
+    `shutdown` set means the proxy has reached its drain deadline: a cancellation of
+    the task running this then ends the walk with 503 `shutting_down` and the attempts
+    made so far (the attempt it cut says nothing about its provider's health).
+    Any other cancellation propagates.
+    """
+    attempts: list[dict[str, Any]] = []
+    try:
+        return await _walk(session, engine, decision, body, client_headers, attempts,
+                           timeouts=timeouts, clock=clock, sleep=sleep)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if shutdown is None or not shutdown.is_set() or task is None:
+            raise
+        task.uncancel()
+    err = ShuttingDown(f"routecar is shutting down: the call was ended at the drain deadline "
+                       f"after {len(attempts)} attempt(s)", fingerprint=decision.policy.fingerprint)
+    return Result(err.status, [("content-type", "application/json")], attempts,
+                  body=json.dumps(err.to_openai()).encode(), error=err)
+
+
+async def _walk(session: aiohttp.ClientSession, engine: Engine, decision: Decision,
+                body: Mapping[str, Any], client_headers: Mapping[str, str], attempts: list[dict[str, Any]], *,
+                timeouts: Timeouts, clock: Callable[[], float], sleep: Sleep) -> Result:
     plan = decision.entries
     history: list[tuple[Any, Verdict]] = []
-    attempts: list[dict[str, Any]] = []
     missing_keys: list[MissingProviderKey] = []
     start = clock()
     deadline = start + timeouts.deadline_s
@@ -145,28 +200,40 @@ async def try_plan(session: aiohttp.ClientSession, engine: Engine, decision: Dec
             history.append((entry, verdict))
             attempt = next_attempt(plan, history, now=clock(), deadline=deadline, max_attempts=max_attempts)
             continue
-        outcome, resp = await _send(session, out, timeouts, deadline - clock())
-        verdict = classify(outcome, now=time.time())
-        prefix = b""
+        resp: aiohttp.ClientResponse | None = None
         streamed = False
-        if verdict.action is Action.OK and resp is not None:
-            streamed = want_stream and resp.content_type == "text/event-stream"
-            if streamed:
-                outcome, prefix = await _first_event(resp, timeouts, deadline - clock(), outcome)
-            else:
-                outcome, prefix = await _read_body(resp, timeouts, outcome)
+        try:
+            outcome, resp = await _send(session, out, timeouts, deadline - clock())
             verdict = classify(outcome, now=time.time())
+            prefix = b""
+            if verdict.action is Action.OK and resp is not None:
+                streamed = want_stream and resp.content_type == "text/event-stream"
+                if content_coding(resp) not in DECODED | {""}:
+                    outcome, prefix = _abandon(resp, AttemptError.INVALID_BODY, outcome)
+                elif streamed:
+                    outcome, prefix = await _first_event(resp, timeouts, deadline - clock(), outcome)
+                else:
+                    outcome, prefix = await _read_body(resp, timeouts, outcome)
+                verdict = classify(outcome, now=time.time())
+        except asyncio.CancelledError:
+            record["error_class"] = "shutting_down"
+            record["duration_ms"] = round((clock() - t0) * 1000, 1)
+            if resp is not None:
+                resp.close()
+            raise
         duration_ms = (clock() - t0) * 1000
         record["status"] = resp.status if resp is not None else None
         record["error_class"] = str(verdict.error_class)
         record["duration_ms"] = round(duration_ms, 1)
-        if verdict.action not in _HEALTH_NEUTRAL:
+        ok = verdict.action is Action.OK and resp is not None
+        if verdict.action not in _HEALTH_NEUTRAL and not (ok and streamed):
             engine.health.record(entry.id, verdict.action is Action.OK, duration_ms)
-        if verdict.action is Action.OK and resp is not None:
+        if ok and resp is not None:
             headers = response_headers(resp)
             ttfb = (clock() - start) * 1000
             return Result(resp.status, headers, attempts, entry.id, body=prefix,
-                          stream=resp if streamed else None, ttfb_ms=ttfb)
+                          stream=resp if streamed else None, ttfb_ms=ttfb,
+                          stream_ms=duration_ms if streamed else None)
         if verdict.action is Action.RETURN and resp is not None:
             # A client error the next provider would repeat: the app sees it as is.
             return Result(resp.status, response_headers(resp), attempts, entry.id, body=outcome.body,
@@ -200,7 +267,7 @@ async def _send(session: aiohttp.ClientSession, out: Outbound, timeouts: Timeout
     try:
         async with asyncio.timeout_at(min(t0 + timeouts.connect_s + timeouts.first_byte_s, cap)) as timer:
             phase.timer = timer
-            resp = await session.post(out.url, data=out.body, headers=out.headers,
+            resp = await session.post(out.url, data=out.body, headers=wire_headers(out),
                                       allow_redirects=False, trace_request_ctx=phase)
             if not 200 <= resp.status < 300:
                 try:
@@ -228,15 +295,38 @@ async def _send(session: aiohttp.ClientSession, out: Outbound, timeouts: Timeout
 
 async def _read_body(resp: aiohttp.ClientResponse, timeouts: Timeouts,
                      outcome: Outcome) -> tuple[Outcome, bytes]:
-    """A non-streaming 2xx, read whole. A body cut short is a failed attempt."""
+    """A non-streaming 2xx, read whole (decoded, at most MAX_RESPONSE_BODY bytes).
+
+    A body cut short is a failed attempt; so is one that is not a JSON object, or
+    one that does not decode: a 2xx must be an answer the app can read.
+    """
+    data = bytearray()
     try:
         async with asyncio.timeout(timeouts.stream_idle_s):
-            data = await resp.read()
+            while len(data) <= MAX_RESPONSE_BODY:
+                chunk = await resp.content.readany()
+                if not chunk:
+                    break
+                data += chunk
     except TimeoutError:
         return _abandon(resp, AttemptError.TIMEOUT, outcome)
-    except (aiohttp.ClientError, OSError):
-        return _abandon(resp, AttemptError.RESET, outcome)
-    return outcome, data
+    except (aiohttp.ClientError, OSError) as e:
+        return _abandon(resp, _read_error(e), outcome)
+    if len(data) > MAX_RESPONSE_BODY or not is_json_object(data):
+        return _abandon(resp, AttemptError.INVALID_BODY, outcome)
+    return outcome, bytes(data)
+
+
+def _read_error(e: BaseException) -> AttemptError:
+    """A body that does not decode is the provider's garbage (invalid_body), not a network cut."""
+    return AttemptError.INVALID_BODY if isinstance(e.__cause__, ContentEncodingError) else AttemptError.RESET
+
+
+def is_json_object(data: bytes | bytearray) -> bool:
+    try:
+        return isinstance(json.loads(data), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _abandon(resp: aiohttp.ClientResponse, error: AttemptError, outcome: Outcome) -> tuple[Outcome, bytes]:
@@ -251,24 +341,31 @@ def event_end(buf: bytes | bytearray) -> int:
                buf.rfind(b"\r\n\r\n") + 4 if b"\r\n\r\n" in buf else 0)
 
 
-def _is_error_event(events: bytes) -> bool:
-    """True if the first event's data is an OpenAI-style error object."""
-    for line in events.splitlines():
-        if line.startswith(b"data:"):
-            try:
-                data = json.loads(line[5:])
-            except ValueError:
-                return False
-            return isinstance(data, dict) and data.get("error") is not None
-    return False
+_NOT_JSON = object()
+
+
+def first_data(events: bytes) -> Any:
+    """The first event's data, parsed: None if it has none (a comment, a bare `event:`),
+    `[DONE]` as the string, and `_NOT_JSON` for anything else that is not JSON."""
+    event = events.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    data = b"\n".join(lines)
+    if data.strip() == b"[DONE]":
+        return "[DONE]"
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
 
 
 async def _first_event(resp: aiohttp.ClientResponse, timeouts: Timeouts, remaining_s: float,
                        outcome: Outcome) -> tuple[Outcome, bytes]:
     """Read a stream up to its first complete event, before anything reaches the client.
 
-    A stream that breaks, stalls (first-byte timeout) or opens with an error
-    event here is a failed attempt that fallback may still retry.
+    A stream that breaks, stalls (first-byte timeout), opens with an error event
+    or with data that is not JSON is a failed attempt that fallback may still retry.
     """
     buf = bytearray()
     try:
@@ -282,9 +379,17 @@ async def _first_event(resp: aiohttp.ClientResponse, timeouts: Timeouts, remaini
                     break
     except TimeoutError:
         return _abandon(resp, AttemptError.TIMEOUT_FIRST_BYTE, outcome)
-    except (aiohttp.ClientError, OSError):
-        return _abandon(resp, AttemptError.RESET, outcome)
-    if _is_error_event(bytes(buf[: event_end(buf)] or buf)):
+    except (aiohttp.ClientError, OSError) as e:
+        return _abandon(resp, _read_error(e), outcome)
+    if not buf:
+        return _abandon(resp, AttemptError.INVALID_BODY, outcome)   # a 2xx stream with no event at all
+    cut = event_end(buf)
+    if not cut and len(buf) >= MAX_FIRST_EVENT:
+        return outcome, bytes(buf)   # too big to hold back: passed on unchecked
+    data = first_data(bytes(buf[:cut] or buf))
+    if data is _NOT_JSON:
+        return _abandon(resp, AttemptError.INVALID_BODY, outcome)
+    if isinstance(data, dict) and data.get("error") is not None:
         resp.close()
         return Outcome(502, body=bytes(buf[:MAX_ERROR_BODY]), duration_ms=outcome.duration_ms), b""
     return outcome, bytes(buf)

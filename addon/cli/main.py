@@ -250,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "routecar_catalog": str(args.catalog), "routecar_providers": str(args.providers),
         "routecar_tenants": args.tenants or "", "routecar_rules": str(args.rules),
         "routecar_default_policy": args.default_policy or "", "routecar_default_tenant": args.default_tenant or "",
-        "routecar_traces": args.traces or "",
+        "routecar_traces": args.traces or "", "routecar_drain_timeout": args.drain_timeout,
     }
     if args.identify:
         options["routecar_identify"] = args.identify
@@ -329,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--proxyauth", help="mitmproxy proxyauth spec, e.g. 'any' to read tenant ids from "
                                         "HTTPS_PROXY=http://TENANT:x@host:port")
     sp.add_argument("--save", help="save flows to this file (no_log payloads are never in it)")
+    sp.add_argument("--drain-timeout", default="30", help="on SIGTERM, seconds calls in flight may take to finish")
     sp.add_argument("--web", action="store_true", help="mitmweb UI (all default addons)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option")
 

@@ -26,17 +26,19 @@ from typing import Any
 
 import aiohttp
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import http1
 from mitmproxy.proxy import mode_specs
 
+from ..bodies import decode_request
 from ..cabundle import env_command
 from ..catalog import DEFAULT_CATALOG, load_catalog
 from ..engine import Engine, Resolved, check_catalog_providers, parse_body
-from ..errors import ConfigError, RoutecarError
+from ..errors import ConfigError, RoutecarError, ShuttingDown
 from ..health import HealthTracker
 from ..policy import Decision
 from ..providers import DEFAULT_PROVIDERS, STRIP_HEADERS, load_providers
 from ..reloading import ReloadingSource
-from ..relay import Relay, StreamStats
+from ..relay import Relay, StreamStats, stream_health
 from ..tenants.identify import validate_order
 from ..tenants.rules import load_rules
 from ..tenants.lookup import TenantLookup, open_tenants
@@ -45,6 +47,8 @@ from ..traces.record import TraceRecord
 from ..traces.store import default_traces_path, parse_since
 from ..traces.writer import TraceWriter
 from ..upstream import Result, Timeouts, new_session, try_plan
+
+from .drain import Drain
 
 log = logging.getLogger("routecar")
 
@@ -66,6 +70,7 @@ class Routed:
     request_body: bytes | None = None
     requested_model: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    traced: bool = False
 
     @property
     def no_log(self) -> bool:
@@ -82,6 +87,11 @@ class Routed:
 
 def make_response(status: int, body: bytes, headers: list[tuple[str, str]]) -> http.Response:
     return http.Response.make(status, body, http.Headers([(k.encode(), v.encode()) for k, v in headers]))
+
+
+def request_bytes(req: http.Request, max_body: int) -> bytes:
+    # Never mitmproxy's get_content(): it decodes without a bound.
+    return decode_request(req.raw_content, req.headers.get_all("content-encoding"), max_body)
 
 
 def new_trace_id() -> str:
@@ -117,6 +127,7 @@ class Router:
         self.relay: Relay | None = None
         self.session: aiohttp.ClientSession | None = None
         self.timeouts = Timeouts()
+        self.drain = Drain()
         self.routed = self.passed = 0
         self._catalogs_traced: set[str] = set()  # versions whose snapshot went to the store
 
@@ -162,7 +173,11 @@ class Router:
                           "answer's headers come only once the whole answer is generated.")
         loader.add_option("routecar_deadline", str, "120",
                           "Seconds for all attempts of one request together.")
-        loader.add_option("routecar_max_body", int, 8 * 1024 * 1024, "Largest request body routed (bytes).")
+        loader.add_option("routecar_max_body", int, 8 * 1024 * 1024,
+                          "Largest request body routed (bytes), also once its Content-Encoding is undone.")
+        loader.add_option("routecar_drain_timeout", str, "30",
+                          "Seconds in-flight calls may take to finish on shutdown (SIGTERM); calls still "
+                          "running then end with 503 / an SSE error event 'shutting_down'. 0: end them at once.")
         loader.add_option("routecar_intercept_only_providers", bool, True,
                           "In regular mode, decrypt TLS only for provider hosts (sets allow_hosts).")
 
@@ -201,6 +216,7 @@ class Router:
             self.timeouts = Timeouts(_seconds("routecar_connect_timeout", o.routecar_connect_timeout),
                                      first_byte, max(first_byte, 120.0),
                                      _seconds("routecar_deadline", o.routecar_deadline))
+            self.drain.timeout_s = _seconds("routecar_drain_timeout", o.routecar_drain_timeout, zero=True)
             if o.routecar_traces_writer not in ("process", "thread"):
                 raise ConfigError(f"routecar_traces_writer must be 'process' or 'thread', "
                                   f"got {o.routecar_traces_writer!r}")
@@ -264,15 +280,23 @@ class Router:
                      "dry-run: curl -x %s http://routecar.local/x/fields", cmd, url)
 
     async def done(self) -> None:
-        _close_lookup(self.engine.tenants if self.engine else None, None)
-        if self.writer is not None:
-            self.writer.close(timeout=10)
+        # Drain first (drain.py): every call gets its answer and its trace; the writer closes last.
+        await self.drain.drain(self.relay)
         if self.relay is not None:
             await self.relay.stop()
         if self.session is not None:
             await self.session.close()
+        _close_lookup(self.engine.tenants if self.engine else None, None)
+        if self.writer is not None:
+            self.writer.close(timeout=10)
 
     # -- hooks --------------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.drain.started(flow.id)   # in flight until its response or error (a drain waits for it)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.drain.ended(flow.id)
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.engine is None:
             return
@@ -299,7 +323,8 @@ class Router:
         engine = self.engine
         assert engine is not None  # request() returns early until configure built it
         try:
-            body = parse_body(req.get_content(strict=False), engine.max_body)
+            raw = request_bytes(req, engine.max_body)
+            body = parse_body(raw, engine.max_body)
             model = body.get("model")
             state.requested_model = model if isinstance(model, str) else None
             proxy_user = (flow.metadata.get("proxyauth") or (None,))[0]
@@ -308,7 +333,9 @@ class Router:
                 self.passed += 1
                 return  # no policy, no tenant, no default: untouched
             flow.metadata[META] = state
-            state.request_body = None if state.no_log else req.raw_content
+            state.request_body = None if state.no_log else raw
+            if self.drain.draining:
+                raise ShuttingDown("routecar is shutting down and accepts no new calls: retry on a new connection")
             state.decision = engine.decide(state.resolved.policy, body, state.resolved.tenant)
         except RoutecarError as e:
             self._respond_error(flow, state, e)
@@ -317,8 +344,9 @@ class Router:
             self._scrub_flow_request(flow, state)
         self.routed += 1
         assert self.session is not None and self.relay is not None
-        state.result = result = await try_plan(self.session, engine, state.decision, body,
-                                               state.headers, timeouts=self.timeouts)
+        state.result = result = await self.drain.run(try_plan(
+            self.session, engine, state.decision, body, state.headers, timeouts=self.timeouts,
+            shutdown=self.drain.cut))
         flow.comment = self._summary(state)  # what mitmweb shows for the flow
         if result.status >= 400:
             flow.marked = ":warning:"
@@ -328,9 +356,12 @@ class Router:
             path = self.relay.register(result.status, result.headers, stream=result.stream,
                                        body=result.body, capture=not state.no_log,
                                        on_done=lambda stats: self._finish(state, stats))
+            close = http1.connection_close(req.http_version, req.headers)
             req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, path
             req.headers.clear()
             req.headers["host"] = f"127.0.0.1:{self.relay.port}"
+            if close:   # mitmproxy reads the client's wish from this (same) request object
+                req.headers["connection"] = "close"
             req.content = b""
             return
         flow.response = make_response(result.status, result.body, result.headers + self._route_headers(state))
@@ -340,15 +371,22 @@ class Router:
         state = flow.metadata.get(META)
         if not isinstance(state, Routed) or state.result is None or flow.response is None:
             return
+        headers = flow.response.headers
         if flow.request.path.startswith(Relay.PREFIX):
             flow.response.stream = True
             for k, v in self._route_headers(state):
-                flow.response.headers[k] = v
+                headers[k] = v
+            if flow.request.http_version == "HTTP/1.0":
+                # An HTTP/1.0 client cannot read chunks: the body ends when the connection does.
+                headers.pop("transfer-encoding", None)
+        if http1.connection_close(flow.request.http_version, flow.request.headers):
+            headers["connection"] = "close"   # say so; mitmproxy closes after this response
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = flow.metadata.get(META)
         if isinstance(state, Routed) and state.result is not None and self.relay is not None:
-            self.relay.discard(flow.request.path)
+            self.relay.discard(flow.request.path)   # never fetched: traced as client_gone
+        self.drain.ended(flow.id)
 
     # -- helpers ------------------------------------------------------------------------
     def _is_llm_call(self, flow: http.HTTPFlow, reverse: bool) -> bool:
@@ -391,31 +429,37 @@ class Router:
             flow.request.headers.fields = tuple(
                 (k, b"[redacted]") if k.decode("latin-1").lower() in STRIP_HEADERS else (k, v) for k, v in fields)
         if state.no_log:
-            flow.request.content = b'{"routecar": "payload not kept (no_log)"}'
+            flow.request.headers.pop("content-encoding", None)   # the placeholder is not encoded
+            flow.request.raw_content = b'{"routecar": "payload not kept (no_log)"}'
 
     def _respond_error(self, flow: http.HTTPFlow, state: Routed, err: RoutecarError) -> None:
         flow.metadata[META] = state
         body = json.dumps(err.to_openai()).encode()
         state.result = Result(err.status, [("content-type", "application/json")], [], body=body, error=err)
+        extra = [("connection", "close")] if self.drain.draining else []   # go elsewhere
         flow.response = make_response(err.status, body,
-                                      [("content-type", "application/json"), *self._route_headers(state)])
+                                      [("content-type", "application/json"), *extra, *self._route_headers(state)])
         flow.comment = f"routecar {state.trace_id}: {err.code}"
         flow.marked = ":warning:"
         self._finish(state, None)
 
     def _finish(self, state: Routed, stats: StreamStats | None) -> None:
         """Write the trace: once per routed request, after the client got its answer."""
-        if state.result is None:
+        if state.result is None or state.traced:
             return
+        state.traced = True
         res, d, r = state.result, state.decision, state.resolved
-        if stats is not None and stats.error and res.entry_id and self.engine is not None:
-            # Bytes had reached the client, so no fallback was possible; the break still
-            # counts against the entry, so a provider that keeps cutting streams cools down.
-            self.engine.health.record(res.entry_id, False, None)
+        ok = stream_health(stats) if stats is not None and res.stream_ms is not None else None
+        if ok is not None and res.entry_id and self.engine is not None:
+            # A stream's health is booked when it ends: a provider that cuts every stream after
+            # its first event cools down (no fallback was possible once bytes reached the client).
+            self.engine.health.record(res.entry_id, ok, res.stream_ms if ok else None)
         if self.writer is None:
             return
         if res.error is not None:
             outcome = res.error.code
+        elif stats is not None and stats.interrupted:
+            outcome = "shutting_down"
         elif stats is not None and stats.error:
             outcome = "stream_broken"
         elif stats is not None and stats.client_gone:
@@ -449,14 +493,21 @@ class Router:
 
     async def _dry_run(self, flow: http.HTTPFlow) -> None:
         assert self.engine is not None
-        status, body = await self.engine.dry_run_async(flow.request.method, flow.request.path,
-                                           flow.request.get_content(strict=False), self._extra_health)
+        try:
+            raw: bytes | None = request_bytes(flow.request, self.engine.max_body)
+        except RoutecarError as e:
+            flow.response = http.Response.make(e.status, json.dumps(e.to_openai()).encode(),
+                                               {"content-type": "application/json"})
+            return
+        status, body = await self.engine.dry_run_async(flow.request.method, flow.request.path, raw,
+                                                       self._extra_health)
         flow.response = http.Response.make(status, json.dumps(body, indent=2, default=str).encode(),
                                            {"content-type": "application/json"})
 
     def _extra_health(self) -> dict[str, Any]:
         return {"traces": self.writer.stats() if self.writer else None,
-                "requests": {"routed": self.routed, "passed_through": self.passed}}
+                "requests": {"routed": self.routed, "passed_through": self.passed,
+                             "in_flight": self.drain.in_flight, "draining": self.drain.draining}}
 
 
 _USAGE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.common import Answer, abort, content_text, split
+from tests.fakes.compress import Encoder
 
 _ERRORS: dict[int, tuple[str, str, str]] = {
     # status: (message, type, code)
@@ -89,6 +90,8 @@ async def _complete(
         "usage": _usage(answer),
     }
     data = json.dumps(payload).encode()
+    if "Content-Encoding" in headers:
+        data = Encoder(headers["Content-Encoding"]).whole(data)
     if "cut_after_chunks" not in rule:
         return web.Response(body=data, content_type="application/json", headers=headers)
     # Promise the full length, send half, then drop the connection.
@@ -117,6 +120,7 @@ async def _stream(
         "created": int(time.time()),
         "model": answer.model,
     }
+    encoder = Encoder(headers["Content-Encoding"]) if "Content-Encoding" in headers else None
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     chunk_delay = float(rule.get("chunk_delay", 0))
     cut_after = rule.get("cut_after_chunks")
@@ -125,7 +129,8 @@ async def _stream(
         chunk = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
         if include_usage:
             chunk["usage"] = usage
-        await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        await resp.write(encoder.chunk(event) if encoder else event)
 
     await send({"role": "assistant", "content": ""}, None)
     for i, piece in enumerate(split(answer.content, int(rule.get("chunks", 3)))):
@@ -142,7 +147,8 @@ async def _stream(
         for piece in split(answer.tool_arguments, 2):
             await send({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None)
     await send({}, _finish(answer), _usage(answer))
-    await resp.write(b"data: [DONE]\n\n")
+    done = b"data: [DONE]\n\n"
+    await resp.write(encoder.chunk(done) + encoder.finish() if encoder else done)
     await resp.write_eof()
     return resp
 

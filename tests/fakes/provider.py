@@ -50,6 +50,7 @@ from aiohttp import web
 from tests.fakes import chat, messages, responses
 from tests.fakes.chat import error_body
 from tests.fakes.common import abort
+from tests.fakes.compress import Encoder, choose
 
 HOST = "127.0.0.1"
 MAX_RECORDS = 10_000  # benchmarks send far more; keep memory bounded
@@ -71,6 +72,9 @@ RULE_KEYS = {
                  "Messages tool_use, Responses function_call)",
     "finish_reason": "str: stop, length, tool_calls, content_filter or stop_sequence (chat's words, "
                      "mapped to each shape's stop reason)",
+    "compress": "str: 'auto' (honour Accept-Encoding), or gzip/deflate/br/zstd even when not "
+                "asked; another name is sent as a header over a plain body (see compress.py)",
+    "content_type": "str: Content-Type of a 'body' answer (e.g. application/json over garbage)",
 }
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "mistral-small", "claude-sonnet", "gemini-flash"]
@@ -225,8 +229,12 @@ class FakeProvider:
         if "retry_after" in rule:
             headers["Retry-After"] = str(rule["retry_after"])
         status = int(rule.get("status", 200))
+        coding = choose(rule.get("compress"), request.headers.get("Accept-Encoding"))
+        if coding:
+            headers["Content-Encoding"] = coding
         if status >= 400 or "body" in rule:
-            return self._fixed_response(status, rule["body"] if "body" in rule else errors(status, None), headers)
+            return self._fixed_response(status, rule["body"] if "body" in rule else errors(status, None),
+                                        headers, rule.get("content_type"), coding)
         return body, rule, headers
 
     async def _h_chat(self, request: web.Request) -> web.StreamResponse:
@@ -254,10 +262,16 @@ class FakeProvider:
         return (key is None or request.headers.get("x-api-key") == key
                 or request.headers.get("Authorization") == f"Bearer {key}")
 
-    def _fixed_response(self, status: int, body: Any, headers: dict[str, str]) -> web.Response:
+    def _fixed_response(self, status: int, body: Any, headers: dict[str, str],
+                        content_type: str | None = None, coding: str | None = None) -> web.Response:
+        content_type = content_type or headers.pop("Content-Type", None)
         if isinstance(body, str):
-            return web.Response(status=status, text=body, headers=headers)
-        return web.json_response(body, status=status, headers=headers)
+            data, ctype = body.encode(), content_type or "text/plain"
+        else:
+            data, ctype = json.dumps(body).encode(), content_type or "application/json"
+        if coding:
+            data = Encoder(coding).whole(data)
+        return web.Response(status=status, body=data, headers={**headers, "Content-Type": ctype})
 
 class FakeFleet:
     """Several named fake providers, each on its own 127.0.0.1 port.
@@ -292,7 +306,10 @@ class FakeFleet:
 
     async def start_async(self) -> FakeFleet:
         for i, name in enumerate(self.names):
-            runner = web.AppRunner(self.providers[name].app(), access_log=None, handle_signals=False)
+            # handler_cancellation: like a real provider, stop generating when the caller hangs up
+            # (and a stopping fleet never waits for a 40 s scripted delay nobody listens to any more).
+            runner = web.AppRunner(self.providers[name].app(), access_log=None, handle_signals=False,
+                                   handler_cancellation=True)
             await runner.setup()
             self._runners.append(runner)
             port = self.port_base + i if self.port_base else 0
