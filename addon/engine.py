@@ -10,8 +10,9 @@ endpoints (`/x/...`) are answered here too, so they behave the same in every mod
 
 from __future__ import annotations
 
+import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,23 +20,22 @@ from cachetools import LRUCache
 
 from .bodies import loads_strict
 from .catalog import Catalog, CatalogEntry
-from .errors import (BadRequest, ConfigError, InvalidPolicy, NoCandidate, PayloadTooLarge, RoutecarError,
-                     UnknownTenant)
+from .errors import (AdminTokenRequired, BadRequest, ConfigError, InvalidPolicy, NoCandidate, PayloadTooLarge,
+                     RoutecarError, UnknownTenant)
+from .governance import POLICY_HEADER, TENANT_HEADER, has_routing_header
 from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
 from .policy.hints import catalog_warnings
-from .providers import STRIP_HEADERS, Providers
+from .providers import FORWARD_HEADERS, Providers
 from .reloading import ReloadingSource
 from .tenants.identify import Identification, TenantIndex, identify
 from .tenants.lookup import BlockingView, TenantLookup, identify_async
-from .tenants.rules import RuleSet, compile_policy, require_compiles
+from .tenants.rules import RULE_ORIGIN, RuleSet, compile_policy, require_compiles
 from .tenants.table import Tenant, TenantSource
 
-POLICY_HEADER = "x-route-policy"
-TENANT_HEADER = "x-tenant-id"
 MAX_BODY = 8 * 1024 * 1024
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                        "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding"})
+CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
+ADMIN_HEADER = "x-routecar-token"
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,50 @@ def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
     return body
 
 
+def identity_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
+    """The JSON object of a request routecar does not route (for `body_user` identification
+    only): {} when it is not one (a file upload, an empty GET...)."""
+    if not raw or len(raw) > max_body:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _bearer(value: str | None) -> str | None:
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
+    return None
+
+
+def client_api_keys(fields: Iterable[tuple[str, str]]) -> list[str]:
+    """Every credential the app sent, in order: `Authorization: Bearer`, `api-key`, `x-api-key`,
+    each as often as it was sent (a second header must not hide a tenant's key)."""
+    keys: list[str] = []
+    for name, value in fields:
+        name = name.lower()
+        key = _bearer(value) if name == "authorization" else value.strip() if name in CREDENTIAL_HEADERS else None
+        if key and key not in keys:
+            keys.append(key)
+    return keys
+
+
 def client_api_key(headers: Mapping[str, str]) -> str | None:
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return headers.get("api-key") or headers.get("x-api-key") or None
+    keys = client_api_keys((h, headers[h]) for h in CREDENTIAL_HEADERS if h in headers)
+    return keys[0] if keys else None
+
+
+def check_request_origins(policy: Policy) -> None:
+    """A request's clause may say where it comes from, but never that a tenant rule made it:
+    traces and `/x/rank` would show the app's clause as the operator's."""
+    bad = [{"path": f"rules[{c.index}].from",
+            "message": f"'from' {c.from_!r} claims a tenant rule; {RULE_ORIGIN}... is reserved for "
+                       "clauses compiled from the tenant table"}
+           for c in policy.clauses if c.from_ and c.from_.strip().lower().startswith(RULE_ORIGIN)]
+    if bad:
+        raise InvalidPolicy(bad)
 
 
 def check_catalog_providers(catalog: Catalog, providers: Providers) -> Catalog:
@@ -92,6 +131,7 @@ class Engine:
     default_policy: str | None = None
     default_tenant: str | None = None
     max_body: int = MAX_BODY
+    admin_token: str | None = None   # protects /x/rank for a named tenant and /x/healthz details
     _cache: PolicyCache | None = field(default=None, repr=False)
     _tenant_policies: LRUCache[Tenant, Policy] = field(default_factory=lambda: LRUCache(4096), repr=False)
 
@@ -139,8 +179,8 @@ class Engine:
         assert self.tenants is not None
         return BlockingView(self.tenants) if isinstance(self.tenants, TenantLookup) else self.tenants.current()
 
-    def find_tenant(self, headers: Mapping[str, str], body: Mapping[str, Any],
-                    proxy_user: str | None) -> tuple[Tenant | None, str | None]:
+    def find_tenant(self, headers: Mapping[str, str], body: Mapping[str, Any], proxy_user: str | None,
+                    api_keys: Sequence[str] | None = None) -> tuple[Tenant | None, str | None]:
         if self.tenants is None:
             if headers.get(TENANT_HEADER):
                 raise UnknownTenant(headers[TENANT_HEADER], "header (no tenant table is configured)")
@@ -149,18 +189,19 @@ class Engine:
         user = body.get("user")
         ident = identify(self.identify_order, headers=headers, proxy_user=proxy_user,
                          body_user=user if isinstance(user, str) else None,
-                         api_key=client_api_key(headers), table=table)
+                         api_keys=client_api_keys(headers.items()) if api_keys is None else api_keys, table=table)
         unclaimed = ident is None or ident.tenant is None
         return self._settle(ident, table.get(self.default_tenant) if self.default_tenant and unclaimed else None)
 
     async def _look_up_tenant(self, lookup: TenantLookup, headers: Mapping[str, str], body: Mapping[str, Any],
-                              proxy_user: str | None) -> tuple[Tenant | None, str | None]:
+                              proxy_user: str | None, api_keys: Sequence[str] | None) -> tuple[Tenant | None, str | None]:
         """find_tenant for a database: every lookup runs off the event loop. A tenant that cannot
         be looked up raises TenantSourceUnavailable: never the default tenant, never ungoverned."""
         user = body.get("user")
         ident = await identify_async(self.identify_order, headers=headers, proxy_user=proxy_user,
                                      body_user=user if isinstance(user, str) else None,
-                                     api_key=client_api_key(headers), lookup=lookup)
+                                     api_keys=client_api_keys(headers.items()) if api_keys is None else api_keys,
+                                     lookup=lookup)
         unclaimed = ident is None or ident.tenant is None
         return self._settle(ident, await lookup.get(self.default_tenant) if self.default_tenant and unclaimed
                             else None)
@@ -178,28 +219,37 @@ class Engine:
         return None, None
 
     async def resolve_async(self, headers: Mapping[str, str], body: Mapping[str, Any],
-                            proxy_user: str | None = None) -> Resolved | None:
+                            proxy_user: str | None = None, api_keys: Sequence[str] | None = None) -> Resolved | None:
         """`resolve` for the addon's async hooks: a tenant database is read off the event loop."""
         if not isinstance(self.tenants, TenantLookup):
-            return self.resolve(headers, body, proxy_user)
-        found = await self._look_up_tenant(self.tenants, headers, body, proxy_user)
-        return self.resolve(headers, body, proxy_user, found=found)
+            return self.resolve(headers, body, proxy_user, api_keys)
+        found = await self._look_up_tenant(self.tenants, headers, body, proxy_user, api_keys)
+        return self.resolve(headers, body, proxy_user, api_keys, found=found)
 
     def resolve(self, headers: Mapping[str, str], body: Mapping[str, Any], proxy_user: str | None = None,
-                *, found: tuple[Tenant | None, str | None] | None = None) -> Resolved | None:
-        """The policy for this request, or None to pass it through untouched.
+                api_keys: Sequence[str] | None = None, *,
+                found: tuple[Tenant | None, str | None] | None = None) -> Resolved | None:
+        """The policy for this request, or None: it is not governed, pass it through untouched.
 
-        `headers` must have lower-case names; `found`: the (tenant, method) already
-        identified. Raises InvalidPolicy / UnknownTenant / TenantSourceUnavailable.
+        `headers` must have lower-case names; `api_keys` every credential the app sent
+        (default: from `headers`); `found`: the (tenant, method) already identified.
+        Raises InvalidPolicy / UnknownTenant / TenantConflict / TenantSourceUnavailable,
+        and BadRequest for a routing header that is there but says nothing.
         """
         cache = self.policies()
         raw = headers.get(POLICY_HEADER)
         req_pol = cache.parse(raw) if raw else None
-        tenant, method = found if found is not None else self.find_tenant(headers, body, proxy_user)
+        if req_pol is not None:
+            check_request_origins(req_pol)
+        tenant, method = found if found is not None else self.find_tenant(headers, body, proxy_user, api_keys)
         ten_pol = self.tenant_policy(tenant) if tenant else None
         policy = cache.conjunction(ten_pol, req_pol)
         if policy is None:
             if not self.default_policy:
+                if has_routing_header(headers):
+                    # A routing header makes the call governed; an empty one cannot route it.
+                    raise BadRequest("X-Route-Policy / X-Tenant-Id is empty and nothing else identifies "
+                                     "a tenant or a policy: send a value or leave the header out")
                 return None
             policy = cache.parse(self.default_policy)
         return Resolved(policy, tenant.id if tenant else None, method, ten_pol, req_pol)
@@ -218,19 +268,39 @@ class Engine:
         if provider is None:
             raise ConfigError(f"catalog entry {entry.id} names unknown provider {entry.provider!r}")
         key = provider.key(self.env)
-        # Compare by lower-case name: a credential spelt `Authorization` must not slip through.
-        headers = {k.lower(): v for k, v in client_headers.items()
-                   if k.lower() not in STRIP_HEADERS and k.lower() not in HOP_BY_HOP}
+        # An allowlist, by lower-case name: what is not on it (credentials, cookies, gateway
+        # keys, unknown headers) never leaves, whatever its spelling.
+        headers = {k.lower(): v for k, v in client_headers.items() if k.lower() in FORWARD_HEADERS}
+        headers["content-type"] = "application/json"
         headers.update(provider.auth_headers(key))
         payload = dict(body)
         payload["model"] = entry.model
         return Outbound(provider.chat_url, headers, json.dumps(payload).encode())
 
+    def operator_keys(self) -> tuple[str, ...]:
+        """The operator's provider keys set in this environment: what must never reach the app."""
+        keys = (self.env.get(p.spec.key_env, "") for p in self.providers.by_name.values())
+        return tuple(dict.fromkeys(k for k in keys if k))
+
     # -- dry-run endpoints ----------------------------------------------------------------
+    def is_admin(self, headers: Mapping[str, str]) -> bool:
+        """True without `admin_token`; else the request must carry it (`Authorization: Bearer` or
+        `X-Routecar-Token`), compared in constant time."""
+        if not self.admin_token:
+            return True
+        given = headers.get(ADMIN_HEADER) or _bearer(headers.get("authorization"))
+        return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                                         self.admin_token.encode("utf-8"))
+
     def dry_run(self, method: str, path: str, raw: bytes | None,
-                extra_health: Callable[[], Mapping[str, Any]] | None = None) -> tuple[int, dict[str, Any]]:
-        """Answer `/x/...`: (status, JSON body). Never calls a provider."""
+                extra_health: Callable[[], Mapping[str, Any]] | None = None,
+                headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        """Answer `/x/...`: (status, JSON body). Never calls a provider.
+
+        With an `admin_token`, `/x/healthz` shows only its status and `/x/rank` for a named
+        tenant is refused unless `headers` (lower-case names) carry the token."""
         route = path.split("?", 1)[0].rstrip("/")
+        admin = self.is_admin(headers or {})
         try:
             if route == "/x/fields" and method == "GET":
                 return 200, {"fields": self.catalog.registry.to_list()}
@@ -239,9 +309,14 @@ class Engine:
                 return 200, {"version": cat.version, "source": cat.source, "entries": cat.to_list(),
                              "last_error": self.catalog_source.last_error}
             if route == "/x/healthz" and method == "GET":
-                return 200, self.healthz(extra_health() if extra_health else {})
+                health = self.healthz(extra_health() if extra_health else {})
+                return 200, health if admin else {"status": health["status"]}
             if route == "/x/rank" and method == "POST":
-                return 200, self.rank(parse_body(raw, self.max_body))
+                payload = parse_body(raw, self.max_body)
+                if payload.get("tenant") is not None and not admin:
+                    raise AdminTokenRequired("ranking for a named tenant needs the operator token "
+                                             "(Authorization: Bearer <token> or X-Routecar-Token)")
+                return 200, self.rank(payload)
             if route in ("/x/fields", "/x/catalog", "/x/healthz", "/x/rank"):
                 raise BadRequest(f"{method} not allowed on {route}")
             raise BadRequest(f"unknown endpoint {route}: try /x/fields, /x/rank, /x/catalog, /x/healthz")
@@ -252,11 +327,12 @@ class Engine:
             return status, e.to_openai()
 
     async def dry_run_async(self, method: str, path: str, raw: bytes | None,
-                            extra_health: Callable[[], Mapping[str, Any]] | None = None) -> tuple[int, dict[str, Any]]:
+                            extra_health: Callable[[], Mapping[str, Any]] | None = None,
+                            headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """`dry_run` for the addon's async hooks: the tenant a `POST /x/rank` names is looked up
         off the event loop first, so the ranking finds it in the cache (and a database that is
         down answers at once: lookups fail fast during an outage)."""
-        if (isinstance(self.tenants, TenantLookup) and method == "POST"
+        if (isinstance(self.tenants, TenantLookup) and method == "POST" and self.is_admin(headers or {})
                 and path.split("?", 1)[0].rstrip("/") == "/x/rank"):
             try:
                 tenant = parse_body(raw, self.max_body).get("tenant")
@@ -264,7 +340,7 @@ class Engine:
                     await self.tenants.get(str(tenant))
             except RoutecarError:
                 pass  # dry_run answers the same error
-        return self.dry_run(method, path, raw, extra_health)
+        return self.dry_run(method, path, raw, extra_health, headers)
 
     def rank_decision(self, payload: Mapping[str, Any]) -> Decision:
         """The decision `POST /x/rank` and `routecar rank` show: {"policy", "request", "tenant"}."""
@@ -276,6 +352,7 @@ class Engine:
         req_pol = None
         if pol_src is not None:
             req_pol = cache.parse(pol_src if isinstance(pol_src, (Mapping, str)) else json.dumps(pol_src))
+            check_request_origins(req_pol)
         tenant_id = payload.get("tenant")
         ten_pol = None
         if tenant_id is not None:

@@ -7,7 +7,10 @@
     ├── NoCandidate                    400 no_candidate     (.dropped: why each entry was dropped)
     ├── UnknownTenant                  403 unknown_tenant
     ├── TenantSourceUnavailable        503 tenant_source_unavailable (tenant database down, not cached)
-    ├── BadRequest                     400 invalid_request  (malformed body)
+    ├── TenantConflict                 403 tenant_conflict  (identification methods disagree)
+    ├── UnsupportedEndpoint            404/405/400 unsupported_endpoint (governed call routecar cannot govern)
+    ├── AdminTokenRequired             401 admin_token_required (/x/ details without the operator token)
+    ├── BadRequest                     400 invalid_request  (malformed body or routing header)
     │   ├── PayloadTooLarge            413 request_too_large (also once decoded: a compression bomb)
     │   └── UnsupportedEncoding        415 unsupported_encoding (a request Content-Encoding not decoded)
     ├── MissingProviderKey             500 provider_key_missing (names the env var, never the key)
@@ -15,7 +18,8 @@
     └── ShuttingDown                   503 shutting_down    (still running at the drain deadline)
 
 Errors carry context (policy fingerprint, tenant, entry id) and are turned into
-the client-facing body only at the edge (`to_openai`). Library users catch
+the client-facing body only at the edge (`to_openai`, or `to_anthropic` for
+callers of the Anthropic API). Library users catch
 `RoutecarError`; the CLI prints `str(err)` and exits 2.
 """
 
@@ -51,6 +55,21 @@ class RoutecarError(Exception):
         }
         body.update(self.details())
         return {"error": body}
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """Anthropic's error JSON (`{"type": "error", "error": {"type", "message"}}`), with
+        routecar's `code` and details alongside so both shapes carry the same facts."""
+        body: dict[str, Any] = {"type": ANTHROPIC_TYPES.get(self.status, "api_error"),
+                                "message": self.message, "code": self.code}
+        body.update(self.details())
+        return {"type": "error", "error": body}
+
+
+# Anthropic's error `type` per HTTP status (https://docs.anthropic.com/en/api/errors).
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+                   429: "rate_limit_error", 500: "api_error", 502: "api_error", 503: "overloaded_error",
+                   529: "overloaded_error"}
 
 
 class ConfigError(RoutecarError):
@@ -111,6 +130,38 @@ class TenantSourceUnavailable(RoutecarError):
     status = 503
     code = "tenant_source_unavailable"
     type = "server_error"
+
+
+class TenantConflict(RoutecarError):
+    """Two identification methods name different tenants: routecar will not pick one."""
+
+    status = 403
+    code = "tenant_conflict"
+    type = "permission_error"
+
+    def __init__(self, claims: Sequence[tuple[str, str]]) -> None:
+        # (method, what to show): an API key's tenant is shown by method only.
+        self.claims = [tuple(c) for c in claims]
+        said = ", ".join(f"{m} says {shown}" for m, shown in self.claims)
+        super().__init__(f"tenant identification methods disagree: {said}; send one identity")
+
+
+class UnsupportedEndpoint(RoutecarError):
+    """A governed call routecar cannot route or answer: refused rather than forwarded ungoverned."""
+
+    code = "unsupported_endpoint"
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int = 404, tenant: str | None = None,
+                 fingerprint: str | None = None) -> None:
+        super().__init__(message, tenant=tenant, fingerprint=fingerprint)
+        self.status = status
+
+
+class AdminTokenRequired(RoutecarError):
+    status = 401
+    code = "admin_token_required"
+    type = "authentication_error"
 
 
 class BadRequest(RoutecarError):

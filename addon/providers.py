@@ -113,13 +113,20 @@ class Providers:
     def is_provider_host(self, host: str) -> bool:
         return host.lower().rstrip(".") in self.intercept_hosts
 
+    @property
+    def base_paths(self) -> frozenset[str]:
+        """The path of each provider's base URL ("/v1", "/openai/v1"...): where apps' routed
+        paths start."""
+        return frozenset(urlsplit(p.spec.base_url).path.rstrip("/") for p in self.by_name.values())
 
-# Header names that carry the app's own credentials or routecar's routing data:
-# none of them may reach a provider.
-STRIP_HEADERS = frozenset({
-    "authorization", "api-key", "x-api-key", "proxy-authorization", "openai-organization",
-    "openai-project", "x-goog-api-key", "anthropic-api-key", "x-route-policy", "x-tenant-id",
-})
+
+# Headers of the app's request that a routed request carries to a provider: content
+# negotiation and the API protocol headers the SDKs send. Everything else stays behind:
+# the app's credentials, cookies, gateway keys (Ocp-Apim-Subscription-Key, Helicone-Auth),
+# its OpenAI-Organization/-Project (the app's account, not the operator's), tracing and
+# SDK telemetry headers, routing headers, anything unknown. routecar sets content-type
+# itself and adds exactly one credential, the operator's (`Provider.auth_headers`).
+FORWARD_HEADERS = frozenset({"accept", "anthropic-version", "anthropic-beta", "openai-beta"})
 
 
 def parse_providers(data: Any, source: str = "<memory>") -> Providers:
@@ -141,11 +148,12 @@ def parse_providers(data: Any, source: str = "<memory>") -> Providers:
                 problems.append(f"provider {name} field {loc}: {err['msg']}")
     if problems:
         raise ConfigError(f"{source}: invalid providers file:\n  " + "\n  ".join(problems))
-    hosts = {h.lower() for h in extra_hosts if isinstance(h, str)}
+    # Compared lower case without a trailing dot: `API.openai.com.` is api.openai.com.
+    hosts = {h.lower().rstrip(".") for h in extra_hosts if isinstance(h, str)}
     for p in by_name.values():
         # `hosts:` lists what apps call (e.g. api.openai.com while base_url points at a
         # gateway or a loopback fake); without it, the base URL's host is what they call.
-        hosts.update(h.lower() for h in (p.spec.hosts or (p.host,)))
+        hosts.update(h.lower().rstrip(".") for h in (p.spec.hosts or (p.host,)))
     return Providers(by_name, frozenset(hosts))
 
 

@@ -24,6 +24,7 @@ from http import HTTPStatus
 
 import aiohttp
 
+from .keyscrub import KeyScrubber
 from .upstream import Timeouts, event_end
 
 MAX_EVENT_BUFFER = 1024 * 1024   # the relay forwards a partial event rather than buffer more
@@ -50,6 +51,7 @@ class Pending:
     capture: bool
     on_done: Callable[[StreamStats], Awaitable[None] | None]
     expires: float
+    scrub: KeyScrubber | None = None
 
 
 def sse_error_event(message: str, code: str = "stream_interrupted", type_: str = "upstream_error") -> bytes:
@@ -121,15 +123,17 @@ class Relay:
 
     def register(self, status: int, headers: Sequence[tuple[str, str]], *,
                  stream: aiohttp.ClientResponse | None = None, body: bytes = b"",
-                 capture: bool, on_done: Callable[[StreamStats], Awaitable[None] | None]) -> str:
+                 capture: bool, on_done: Callable[[StreamStats], Awaitable[None] | None],
+                 scrub: KeyScrubber | None = None) -> str:
         """Park a response; returns the path mitmproxy must request to get it.
 
-        `body` is sent first, then (if given) the rest of `stream`.
+        `body` is sent first, then (if given) the rest of `stream`, both through `scrub`
+        (as one stream: a key split between them is caught too).
         """
         self._expire()
         token = secrets.token_urlsafe(16)
         self._pending[token] = Pending(status, list(headers), stream, body, capture, on_done,
-                                       self.clock() + self.pending_ttl_s)
+                                       self.clock() + self.pending_ttl_s, scrub)
         return self.PREFIX + token
 
     def discard(self, path: str) -> None:
@@ -193,13 +197,27 @@ class Relay:
         head.append("transfer-encoding: chunked")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
 
-        def send(chunk: bytes) -> None:
+        def write(chunk: bytes) -> None:
+            if not chunk:
+                return  # a zero-length chunk would end the chunked body
             writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             stats.bytes += len(chunk)
             stats.chunks += 1
             stats.tail = (stats.tail + chunk)[-8192:]
             if stats.captured is not None and len(stats.captured) < TRACE_BODY_LIMIT:
                 stats.captured += chunk[: TRACE_BODY_LIMIT - len(stats.captured)]
+
+        # The provider's bytes go through the key scrubber; routecar's own events (errors,
+        # shutting_down) are written as they are, dropping any bytes held back as a key start.
+        scrub = p.scrub.stream() if p.scrub else None
+
+        def send(chunk: bytes) -> None:
+            write(scrub.feed(chunk) if scrub is not None else chunk)
+
+        def own(event: bytes) -> None:
+            if scrub is not None:
+                scrub.flush()
+            write(event)
 
         # A client that hangs up is noticed at the next chunk written to it (drain raises).
         # Watching the connection for EOF would notice it during a long pause too, but
@@ -210,11 +228,13 @@ class Relay:
                 send(p.body)
                 await writer.drain()
             if stream is not None:
-                clean = await self._pipe_stream(stream, stats, send, writer, sse=_is_sse(p.headers))
+                clean = await self._pipe_stream(stream, stats, send, writer, sse=_is_sse(p.headers), own=own)
                 if clean:
                     stream.release()   # read to the end: its connection goes back to the pool
             if stats.client_gone:
                 return False
+            if scrub is not None and not (stats.error or stats.interrupted):
+                write(scrub.flush())   # held bytes that turned out not to start a key
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             return True
@@ -229,7 +249,8 @@ class Relay:
                 await done
 
     async def _pipe_stream(self, stream: aiohttp.ClientResponse, stats: StreamStats,
-                           send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool) -> bool:
+                           send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool,
+                           own: Callable[[bytes], None] | None = None) -> bool:
         """Copy the provider's stream; True if it ended cleanly. At the drain deadline
         (`interrupt`) the copy is cancelled and the stream ends with a shutting_down event."""
         task = asyncio.current_task()
@@ -237,7 +258,7 @@ class Relay:
         self._streaming.add(task)
         try:
             if not self.interrupted:
-                return await self._copy(stream, stats, send, writer, sse=sse)
+                return await self._copy(stream, stats, send, writer, sse=sse, own=own or send)
         except asyncio.CancelledError:
             if not self.interrupted:
                 raise
@@ -245,11 +266,12 @@ class Relay:
         finally:
             self._streaming.discard(task)
         stats.interrupted = True
-        send(SHUTDOWN_EVENT)   # after whole events only: a partial one was held back in _copy
+        (own or send)(SHUTDOWN_EVENT)   # after whole events only: a partial one was held back in _copy
         return False
 
     async def _copy(self, stream: aiohttp.ClientResponse, stats: StreamStats,
-                    send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool) -> bool:
+                    send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool,
+                    own: Callable[[bytes], None]) -> bool:
         """SSE is forwarded in whole events, so that an error event after a cut is never
         glued to half an event."""
         buf = b""
@@ -263,7 +285,7 @@ class Relay:
                 stats.error = ("upstream stream timed out" if isinstance(e, TimeoutError)
                                else f"upstream stream broke: {type(e).__name__}")
                 # An incomplete event (buf) is dropped: the client gets whole events only.
-                send(sse_error_event(f"routecar: {stats.error} after {stats.bytes} bytes"))
+                own(sse_error_event(f"routecar: {stats.error} after {stats.bytes} bytes"))
                 return False
             if not chunk:
                 if buf:

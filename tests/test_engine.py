@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from routecar.catalog import DEFAULT_CATALOG, load_catalog
-from routecar.engine import Engine, check_catalog_providers, client_api_key, parse_body
-from routecar.errors import BadRequest, ConfigError, InvalidPolicy, MissingProviderKey, NoCandidate, UnknownTenant
+from routecar.engine import (Engine, check_catalog_providers, client_api_key, client_api_keys, identity_body,
+                             parse_body)
+from routecar.errors import (BadRequest, ConfigError, InvalidPolicy, MissingProviderKey, NoCandidate, TenantConflict,
+                             UnknownTenant)
 from routecar.health import HealthTracker
-from routecar.providers import DEFAULT_PROVIDERS, STRIP_HEADERS, load_providers
+from routecar.providers import DEFAULT_PROVIDERS, FORWARD_HEADERS, load_providers
 from routecar.reloading import ReloadingSource
 from routecar.tenants.rules import load_rules
 from routecar.tenants.table import TenantSource
@@ -80,9 +82,9 @@ def selected(engine: Engine, headers: dict[str, str], body: dict[str, Any] = BOD
     ({"authorization": "bearer demo-key-acme"}, BODY, None, "acme-free", "api_key"),
     ({"api-key": "demo-key-acme"}, BODY, None, "acme-free", "api_key"),
     ({}, BODY, "stark-vip", "stark-vip", "proxy_auth"),
-    # header first: it wins over the API key and the proxy user
-    ({"x-tenant-id": "initech-eu", "authorization": "Bearer demo-key-acme"}, BODY, "stark-vip",
-     "initech-eu", "header"),
+    # methods that agree: the first in the order is reported
+    ({"x-tenant-id": "acme-free", "authorization": "Bearer demo-key-acme"}, BODY, "acme-free",
+     "acme-free", "header"),
     # an API key that is not in the table is not a claim: the next method decides
     ({"authorization": "Bearer sk-real-provider-key"}, BODY, "stark-vip", "stark-vip", "proxy_auth"),
 ])
@@ -152,8 +154,12 @@ def test_tenant_header_without_table_is_unknown(make_engine):
     with pytest.raises(UnknownTenant) as ei:
         engine.resolve({"x-tenant-id": "initech-eu"}, BODY)
     assert "no tenant table is configured" in ei.value.message
-    # an empty header is no claim
-    assert engine.resolve({"x-tenant-id": ""}, BODY) is None
+    # an empty header is no claim, but the call carries a routing header: governed, and
+    # with nothing to route it by, a 400 rather than a pass-through
+    with pytest.raises(BadRequest, match="empty"):
+        engine.resolve({"x-tenant-id": ""}, BODY)
+    with pytest.raises(BadRequest, match="empty"):
+        engine.resolve({"x-route-policy": ""}, BODY)
 
 
 # -- tenant policy and request policy ---------------------------------------------------------
@@ -254,7 +260,11 @@ def test_tenant_table_reload_changes_routing(tmp_path, make_engine):
 
 STRIPPED = ["Authorization", "api-key", "X-Api-Key", "Proxy-Authorization", "OpenAI-Organization",
             "OpenAI-Project", "x-goog-api-key", "Anthropic-Api-Key", "X-Route-Policy", "X-Tenant-Id",
-            "Host", "Content-Length", "Transfer-Encoding", "Connection", "Accept-Encoding"]
+            "Host", "Content-Length", "Transfer-Encoding", "Connection", "Accept-Encoding",
+            # what an allowlist catches and a denylist missed: cookies, gateway keys, anything unknown
+            "Cookie", "Ocp-Apim-Subscription-Key", "Helicone-Auth", "X-Custom", "User-Agent",
+            "X-Stainless-Os", "Traceparent", "Idempotency-Key", "Content-Encoding", "Forwarded",
+            "X-Forwarded-For", "X-Http-Method-Override"]
 
 
 @pytest.mark.parametrize("entry_id,auth_name,auth_value,url", [
@@ -265,7 +275,8 @@ STRIPPED = ["Authorization", "api-key", "X-Api-Key", "Proxy-Authorization", "Ope
 ])
 def test_outbound_strips_credentials_and_injects_key(engine, entry_id, auth_name, auth_value, url):
     app = {name: f"app-value-{n}" for n, name in enumerate(STRIPPED)}
-    app.update({"Content-Type": "application/json", "X-Custom": "kept", "User-Agent": "OpenAI/Python"})
+    app.update({"Content-Type": "text/plain", "Accept": "text/event-stream", "Anthropic-Version": "2023-06-01",
+                "anthropic-beta": "tools-2024", "OpenAI-Beta": "assistants=v2"})
     lowered = {k.lower(): v for k, v in app.items()}   # what the addon passes
     entry = engine.catalog.get(entry_id)
     out = engine.outbound(entry, BODY, lowered)
@@ -276,15 +287,18 @@ def test_outbound_strips_credentials_and_injects_key(engine, entry_id, auth_name
         if name.lower() != auth_name:
             assert name.lower() not in out.headers
     assert not any(v.startswith("app-value-") for v in out.headers.values())
-    assert out.headers["x-custom"] == "kept"
+    # exactly the allowlist, routecar's content-type and one credential
+    assert set(out.headers) == FORWARD_HEADERS | {"content-type", auth_name}
+    assert out.headers["accept"] == "text/event-stream" and out.headers["openai-beta"] == "assistants=v2"
     assert out.headers["content-type"] == "application/json"
     sent = json.loads(out.body)
     assert sent == {**BODY, "model": entry.model}
     assert BODY["model"] == "gpt-4o"  # the caller's body is not mutated
 
 
-def test_strip_headers_cover_routing_headers():
-    assert {"x-route-policy", "x-tenant-id", "authorization", "api-key", "proxy-authorization"} <= STRIP_HEADERS
+def test_forward_headers_hold_no_credential_or_routing_header():
+    assert not {"x-route-policy", "x-tenant-id", "authorization", "api-key", "x-api-key", "proxy-authorization",
+                "cookie", "openai-organization", "openai-project"} & FORWARD_HEADERS
 
 
 def test_missing_provider_key_names_env_var(make_engine):
@@ -411,7 +425,7 @@ def test_outbound_strips_mixed_case_names_too(engine):
     entry = engine.catalog.get("mistral/mistral-small-3")
     out = engine.outbound(entry, BODY, {"Authorization": "Bearer sk-app", "X-Tenant-Id": "t",
                                         "X-Route-Policy": EU, "Api-Key": "k", "X-Custom": "kept"})
-    assert out.headers == {"authorization": "Bearer op-key-mistral", "x-custom": "kept"}
+    assert out.headers == {"authorization": "Bearer op-key-mistral", "content-type": "application/json"}
 
 
 def test_reload_between_identify_and_compile_does_not_pin_a_stale_policy(make_engine):
@@ -450,3 +464,75 @@ def test_reloaded_table_with_a_tenant_that_cannot_compile_keeps_the_last_good_on
     assert selected(engine, {"x-tenant-id": "eu"}) == "mistral/mistral-small-3"
     assert "1 tenant(s) do not compile" in engine.tenants.last_error
     assert "keeping tenant table" in engine.tenants.last_error
+
+
+# -- fail closed: identity, origins, the operator token ---------------------------------------
+
+@pytest.mark.parametrize("headers,proxy_user", [
+    ({"x-tenant-id": "initech-eu", "authorization": "Bearer demo-key-acme"}, None),   # key + header
+    ({"authorization": "Bearer demo-key-acme"}, "stark-vip"),                          # key + proxy user
+    ({"x-tenant-id": "initech-eu"}, "stark-vip"),                                     # header + proxy user
+    ({"x-tenant-id": "nobody", "api-key": "demo-key-acme"}, None),                     # unknown + known
+])
+def test_identities_that_disagree_are_refused(engine, headers, proxy_user):
+    with pytest.raises(TenantConflict) as ei:
+        engine.resolve(headers, BODY, proxy_user)
+    assert (ei.value.status, ei.value.code) == (403, "tenant_conflict")
+
+
+def test_a_second_credential_header_cannot_hide_a_tenant_key(make_engine):
+    engine = make_engine(identify_order=("api_key",))
+    pairs = [("authorization", "Bearer sk-some-real-key"), ("x-api-key", "demo-key-acme")]
+    r = engine.resolve(dict(pairs), BODY, None, client_api_keys(pairs))
+    assert (r.tenant, r.method) == ("acme-free", "api_key")
+    # two Authorization headers: the dict keeps the last, the pairs keep both
+    pairs = [("authorization", "Bearer demo-key-acme"), ("authorization", "Bearer sk-other")]
+    assert client_api_keys(pairs) == ["demo-key-acme", "sk-other"]
+    assert engine.resolve(dict(pairs), BODY, None, client_api_keys(pairs)).tenant == "acme-free"
+
+
+@pytest.mark.parametrize("origin", ["rule:data-residency", "RULE:anything", " rule:x"])
+def test_request_clause_cannot_claim_a_tenant_rule(engine, origin):
+    pol = json.dumps({"rules": [{"id": "eu", "rule": ["eq", "region", "eu"], "from": origin}]})
+    with pytest.raises(InvalidPolicy) as ei:
+        engine.resolve({"x-route-policy": pol}, BODY)
+    assert ei.value.errors[0]["path"] == "rules[0].from"
+    assert "claims a tenant rule" in ei.value.errors[0]["message"]
+    status, body = engine.dry_run("POST", "/x/rank", json.dumps({"policy": json.loads(pol)}).encode())
+    assert status == 400 and body["error"]["code"] == "invalid_policy"
+    # an honest origin is fine
+    ok = json.dumps({"rules": [{"rule": ["eq", "region", "eu"], "from": "app:checkout"}]})
+    assert engine.resolve({"x-route-policy": ok}, BODY).request_policy.clauses[0].from_ == "app:checkout"
+
+
+def test_admin_token_guards_tenant_rank_and_health_details(make_engine):
+    engine = make_engine(admin_token="op-admin-token-123")
+    tenant_rank = json.dumps({"tenant": "wayne-mixed"}).encode()
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"x-routecar-token": "op-admin-token-12"},
+                    {"x-routecar-token": "op-admin-token-1234"}, {"authorization": "op-admin-token-123"}):
+        status, body = engine.dry_run("POST", "/x/rank", tenant_rank, headers=headers)
+        assert (status, body["error"]["code"]) == (401, "admin_token_required"), headers
+        status, body = engine.dry_run("GET", "/x/healthz", None, headers=headers)
+        assert (status, body) == (200, {"status": "ok"}), headers
+    for headers in ({"authorization": "Bearer op-admin-token-123"}, {"x-routecar-token": "op-admin-token-123"}):
+        status, body = engine.dry_run("POST", "/x/rank", tenant_rank, headers=headers)
+        assert status == 200 and body["tenant"] == "wayne-mixed"
+        status, body = engine.dry_run("GET", "/x/healthz", None, headers=headers)
+        assert status == 200 and "catalog" in body
+    # a policy-only rank names no tenant: open
+    status, body = engine.dry_run("POST", "/x/rank", json.dumps({"policy": json.loads(EU)}).encode())
+    assert status == 200
+    # no token configured: everything open, as before
+    assert make_engine().dry_run("POST", "/x/rank", tenant_rank)[0] == 200
+
+
+def test_identity_body_is_lenient(make_engine):
+    assert identity_body(b'{"user": "u"}') == {"user": "u"}
+    for raw in (None, b"", b"\x00\xff", b"[1]", b"{nope", b"x" * 10, b"[" * 100000):
+        assert identity_body(raw) == {}
+    assert identity_body(b'{"user": "u"}', max_body=4) == {}
+
+
+def test_operator_keys_are_the_set_ones(make_engine):
+    engine = make_engine(env={"OPENAI_API_KEY": "op-key-openai", "MISTRAL_API_KEY": ""})
+    assert engine.operator_keys() == ("op-key-openai",)

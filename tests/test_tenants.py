@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from routecar.errors import ConfigError
+from routecar.errors import ConfigError, TenantConflict
 from routecar.tenants.identify import DEFAULT_ORDER, Identification, identify, validate_order
 from routecar.tenants.table import Tenant, TenantSource, TenantTable, hash_api_key, load_tenants
 
@@ -241,10 +241,11 @@ TABLE = TenantTable([Tenant("acme", {}, (ACME_KEY_HASH,)), Tenant("globex", {}),
 
 
 def ident(order: tuple[str, ...] = DEFAULT_ORDER, *, header: str | None = None, key: str | None = None,
-          proxy_user: str | None = None, body_user: str | None = None) -> Identification | None:
+          proxy_user: str | None = None, body_user: str | None = None,
+          keys: tuple[str, ...] = ()) -> Identification | None:
     headers = {"x-tenant-id": header} if header is not None else {}
-    return identify(order, headers=headers, proxy_user=proxy_user, body_user=body_user, api_key=key,
-                    table=TABLE)
+    return identify(order, headers=headers, proxy_user=proxy_user, body_user=body_user,
+                    api_keys=(key,) + keys if key else keys, table=TABLE)
 
 
 IDENT_CASES = [
@@ -253,14 +254,15 @@ IDENT_CASES = [
     ({"proxy_user": "initech"}, ("initech", "initech", "proxy_auth")),
     ({"body_user": "globex"}, ("globex", "globex", "body_user")),
     ({"header": " globex "}, ("globex", "globex", "header")),
-    # precedence: header > api_key > proxy_auth > body_user
-    ({"header": "globex", "key": "demo-key-acme", "proxy_user": "initech"}, ("globex", "globex", "header")),
-    ({"key": "demo-key-acme", "proxy_user": "initech", "body_user": "globex"}, ("acme", "acme", "api_key")),
-    ({"proxy_user": "initech", "body_user": "globex"}, ("initech", "initech", "proxy_auth")),
+    # methods that agree: the first in the order is the one reported
+    ({"header": "acme", "key": "demo-key-acme", "proxy_user": "acme"}, ("acme", "acme", "header")),
+    ({"key": "demo-key-acme", "body_user": "acme"}, ("acme", "acme", "api_key")),
+    ({"proxy_user": "initech", "body_user": "initech"}, ("initech", "initech", "proxy_auth")),
     # an unknown API key is not a claim (it may be a real provider key): the next method decides
     ({"key": "sk-real-openai-key", "proxy_user": "initech"}, ("initech", "initech", "proxy_auth")),
+    ({"keys": ("sk-real-openai-key", "demo-key-acme")}, ("acme", "acme", "api_key")),
     # an unknown id is a claim: the caller answers 403 unknown_tenant (or uses a default tenant)
-    ({"header": "hooli", "key": "demo-key-acme"}, (None, "hooli", "header")),
+    ({"header": "hooli"}, (None, "hooli", "header")),
     ({"body_user": "end-user-42"}, (None, "end-user-42", "body_user")),
     ({"header": "", "proxy_user": "globex"}, ("globex", "globex", "proxy_auth")),
 ]
@@ -274,10 +276,42 @@ def test_identify(kwargs: dict[str, Any], expected: tuple[str | None, str | None
 
 
 def test_identify_custom_order_and_nothing() -> None:
-    result = ident(("body_user", "header"), header="globex", body_user="initech")
+    result = ident(("body_user", "header"), header="initech", body_user="initech")
     assert result == Identification(TABLE.get("initech"), "initech", "body_user")
+    # methods outside the order are not asked, so they cannot conflict either
     assert ident(("header",), body_user="initech", key="demo-key-acme") is None
+    assert ident(("header",), header="globex", body_user="initech") == Identification(
+        TABLE.get("globex"), "globex", "header")
     assert ident() is None
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    # the identity-swap attempts: a tenant's key plus another tenant's header / proxy user
+    ({"header": "globex", "key": "demo-key-acme"}, "header says 'globex', api_key says a tenant's key"),
+    ({"key": "demo-key-acme", "proxy_user": "initech"}, "api_key says a tenant's key, proxy_auth says 'initech'"),
+    ({"header": "globex", "proxy_user": "initech"}, "header says 'globex', proxy_auth says 'initech'"),
+    ({"header": "globex", "key": "demo-key-acme", "proxy_user": "initech"},
+     "header says 'globex', api_key says a tenant's key, proxy_auth says 'initech'"),
+    ({"proxy_user": "initech", "body_user": "globex"}, "proxy_auth says 'initech', body_user says 'globex'"),
+    # an unknown id still disagrees with a known one (no falling back to either)
+    ({"header": "hooli", "key": "demo-key-acme"}, "header says 'hooli', api_key says a tenant's key"),
+    # ids are compared as written (after trimming): another case is another id
+    ({"header": "ACME", "key": "demo-key-acme"}, "header says 'ACME', api_key says a tenant's key"),
+])
+def test_identification_methods_that_disagree_are_a_conflict(kwargs: dict[str, Any], said: str) -> None:
+    with pytest.raises(TenantConflict) as info:
+        ident(**kwargs)
+    e = info.value
+    assert (e.status, e.code) == (403, "tenant_conflict")
+    assert e.message == f"tenant identification methods disagree: {said}; send one identity"
+    assert "demo-key-acme" not in e.message and "'acme'" not in e.message  # the key's tenant is not revealed
+
+
+def test_two_keys_of_two_tenants_conflict() -> None:
+    table = TenantTable([Tenant("acme", {}, (ACME_KEY_HASH,)), Tenant("other", {}, (hash_api_key("k-other-1"),))])
+    with pytest.raises(TenantConflict):
+        identify(DEFAULT_ORDER, headers={}, proxy_user=None, body_user=None,
+                 api_keys=("demo-key-acme", "k-other-1"), table=table)
 
 
 def test_identification_order_is_validated() -> None:
@@ -292,6 +326,8 @@ def test_identification_order_is_validated() -> None:
 
 def test_hash_api_key_is_sha256_hex() -> None:
     assert hash_api_key("demo-key-acme") == ACME_KEY_HASH
+    # a header that was not UTF-8 (decoded with surrogateescape) hashes as its bytes, never raises
+    assert hash_api_key(b"k\xff".decode("utf-8", "surrogateescape")) == hashlib.sha256(b"k\xff").hexdigest()
 
 
 def test_tenant_is_frozen_and_hashable() -> None:

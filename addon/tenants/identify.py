@@ -1,4 +1,4 @@
-"""Which tenant a request belongs to: the identification methods, tried in order.
+"""Which tenant a request belongs to: the identification methods, which must agree.
 
     header      `X-Tenant-Id`
     api_key     the app's own API key, looked up by its sha256 in the tenant table
@@ -12,16 +12,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TenantConflict
+from ..governance import TENANT_HEADER
 from .table import Tenant
 
-__all__ = ["DEFAULT_ORDER", "IDENTIFICATION_METHODS", "Identification", "TENANT_HEADER", "TenantIndex", "claims",
+__all__ = ["DEFAULT_ORDER", "IDENTIFICATION_METHODS", "Identification", "TenantIndex", "agree", "claims",
            "identify",
            "validate_order"]
 
 IDENTIFICATION_METHODS: tuple[str, ...] = ("header", "api_key", "proxy_auth", "body_user")
 DEFAULT_ORDER: tuple[str, ...] = IDENTIFICATION_METHODS
-TENANT_HEADER = "x-tenant-id"
 
 
 class TenantIndex(Protocol):
@@ -52,39 +52,50 @@ def validate_order(order: Sequence[str]) -> tuple[str, ...]:
 
 
 def claims(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: str | None,
-           body_user: str | None, api_key: str | None) -> Iterator[tuple[str, str]]:
-    """(method, value) for each method in `order` that has a value: the raw API key for
-    `api_key`, a tenant id for the others. `headers` must have lower-cased names."""
+           body_user: str | None, api_keys: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(method, value) for each method in `order` that has a value: each raw API key the app
+    sent for `api_key` (a second credential header must not hide a tenant's key), a tenant id
+    for the others. `headers` must have lower-cased names."""
     for method in validate_order(order):
         if method == "api_key":
-            claim = api_key
-        elif method == "header":
+            yield from ((method, key) for key in api_keys if key)
+            continue
+        if method == "header":
             claim = headers.get(TENANT_HEADER)
         elif method == "proxy_auth":
             claim = proxy_user
         else:
             claim = body_user
-        claim = claim.strip() if isinstance(claim, str) and method != "api_key" else claim
+        claim = claim.strip() if isinstance(claim, str) else None
         if claim:
             yield method, claim
 
 
-def identify(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: str | None,
-             body_user: str | None, api_key: str | None,
-             table: TenantIndex) -> Identification | None:
-    """Apply the identification methods in `order`; the first that yields a claim wins.
+def agree(found: Sequence[Identification]) -> Identification | None:
+    """The first claim, when every claim names the same tenant id; two ids raise
+    `TenantConflict`: a request cannot borrow another tenant's identity by adding a header.
+    (The API key's tenant is not named: the caller only learns that they disagree.)"""
+    if len({c.claimed_id for c in found}) > 1:
+        raise TenantConflict([(c.method, "a tenant's key" if c.method == "api_key" else repr(c.claimed_id))
+                              for c in found])
+    return found[0] if found else None
 
-    `headers` must have lower-cased names. An API key that is not in the table
-    is not a claim (it may be a real provider key), so the next method is
-    tried; every other method claims an id as soon as it has a non-empty
-    value, and an id missing from the table gives `tenant=None`.
-    Returns None when no method yields a claim.
+
+def identify(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: str | None,
+             body_user: str | None, api_keys: Sequence[str],
+             table: TenantIndex) -> Identification | None:
+    """Apply every identification method in `order`: they must agree on the tenant (`agree`).
+
+    An API key that is not in the table is not a claim (it may be a real provider key);
+    every other method claims an id as soon as it has a non-empty value, and an id missing
+    from the table gives `tenant=None`. Returns the first claim in `order`, or None when
+    nothing claims.
     """
+    found: list[Identification] = []
     for method, claim in claims(order, headers=headers, proxy_user=proxy_user, body_user=body_user,
-                                api_key=api_key):
+                                api_keys=api_keys):
         if method != "api_key":
-            return Identification(table.get(claim), claim, method)
-        tenant = table.by_api_key(claim)
-        if tenant is not None:
-            return Identification(tenant, tenant.id, method)
-    return None
+            found.append(Identification(table.get(claim), claim, method))
+        elif (tenant := table.by_api_key(claim)) is not None:
+            found.append(Identification(tenant, tenant.id, method))
+    return agree(found)

@@ -36,7 +36,7 @@ from cachetools import TTLCache
 
 from ..errors import ConfigError, TenantSourceUnavailable
 from ..fields import FieldRegistry
-from .identify import Identification, claims
+from .identify import Identification, agree, claims
 from .rules import RuleSet, compile_policy
 from .store import SqliteStore, TenantStore
 from .table import Tenant, TenantSource, hash_api_key, parse_source
@@ -208,18 +208,21 @@ class TenantLookup:
 
 
 async def identify_async(order: Sequence[str], *, headers: Mapping[str, str], proxy_user: str | None,
-                         body_user: str | None, api_key: str | None,
+                         body_user: str | None, api_keys: Sequence[str],
                          lookup: TenantLookup) -> Identification | None:
-    """`identify`, with each claim looked up in the database off the event loop, in order:
-    a method is only looked up when the ones before it yielded no tenant."""
+    """`identify`, with the database read off the event loop: every API key is looked up (its
+    tenant must agree with the other claims), a claimed id only once the claims agree."""
+    found: list[Identification] = []
     for method, claim in claims(order, headers=headers, proxy_user=proxy_user, body_user=body_user,
-                                api_key=api_key):
+                                api_keys=api_keys):
         if method != "api_key":
-            return Identification(await lookup.get(claim), claim, method)
-        tenant = await lookup.by_api_key(claim)
-        if tenant is not None:
-            return Identification(tenant, tenant.id, method)
-    return None
+            found.append(Identification(None, claim, method))
+        elif (tenant := await lookup.by_api_key(claim)) is not None:
+            found.append(Identification(tenant, tenant.id, method))
+    first = agree(found)
+    if first is not None and first.tenant is None:
+        first = Identification(await lookup.get(first.claimed_id or ""), first.claimed_id, first.method)
+    return first
 
 
 class BlockingView:

@@ -28,6 +28,9 @@ from ..policy import Policy, parse_policy
 from .table import Tenant
 
 SCHEMA = "sigma-pol/v1"
+# `from` of every clause compiled from a tenant rule: `rule:<rule id>`. Reserved: a request's
+# own clauses may not claim it (engine.check_request_origins).
+RULE_ORIGIN = "rule:"
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
 _REF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\Z")
 _ADD_KEYS = ("rules", "no_log", "rank", "fallback")
@@ -355,7 +358,7 @@ def compile_ir(tenant: Tenant, rules: RuleSet) -> dict[str, Any]:
         for i, expr in enumerate(rule.clauses, 1):
             cid = rule.id if len(rule.clauses) == 1 else f"{rule.id}#{i}"
             clauses.append({"id": cid, "rule": _substitute(expr, ctx, f"add.rules[{i - 1}]"),
-                            "from": f"rule:{rule.id}"})
+                            "from": f"{RULE_ORIGIN}{rule.id}"})
         ir["no_log"] = ir["no_log"] or rule.no_log
         if rule.rank is not None:
             ir["rank"] = [list(k) for k in rule.rank]

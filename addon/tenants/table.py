@@ -38,8 +38,10 @@ __all__ = ["Tenant", "TenantSource", "TenantTable", "hash_api_key", "load_tenant
 
 
 def hash_api_key(raw_key: str) -> str:
-    """The lower-case hex sha256 of an API key, the only form routecar keeps."""
-    return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()
+    """The lower-case hex sha256 of an API key, the only form routecar keeps.
+
+    (surrogateescape: a header that is not UTF-8 hashes as the bytes it was, never raises.)"""
+    return hashlib.sha256(raw_key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ class TraceRecord:
     stream: bool = False
     status: int | None = None
     outcome: str = "ok"
+    disposition: str = "routed"   # routed | refused | failed | passthrough (governance.Disposition)
     latency_ms: float | None = None
     ttfb_ms: float | None = None
     usage: Mapping[str, Any] | None = None

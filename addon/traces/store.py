@@ -95,12 +95,21 @@ def _v4_candidate_sets(db: Database) -> None:
                f"{picks} FROM candidate_sets s, json_each(s.entries) j")
 
 
+def _v5_disposition(db: Database) -> None:
+    """What became of each governed request: routed, refused, failed or passthrough."""
+    db.execute("ALTER TABLE decisions ADD COLUMN disposition TEXT")
+    db.execute("UPDATE decisions SET disposition = CASE "
+               "WHEN outcome IN ('ok', 'provider_error', 'client_gone') THEN 'routed' "
+               "WHEN outcome = 'stream_broken' OR status >= 500 THEN 'failed' ELSE 'refused' END")
+
+
 # Append only: a migration's position is its version number.
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("tables", _v1_tables),
     ("indexes", _v2_indexes),
     ("catalogs", _v3_catalogs),
     ("candidate_sets", _v4_candidate_sets),
+    ("disposition", _v5_disposition),
 ]
 
 _CHILDREN = ("candidate_sets", "attempts", "payloads")
