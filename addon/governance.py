@@ -239,7 +239,7 @@ def check_routing_headers(fields: Sequence[tuple[bytes, bytes]]) -> None:
             continue
         title = "X-Route-Policy" if name == POLICY_HEADER else "X-Tenant-Id"
         if name in seen:
-            raise BadRequest(f"{title} is sent more than once: send it once", param=title)
+            raise BadRequest(f"{title} is sent more than once", param=title)
         seen.add(name)
         try:
             raw_value.decode("utf-8")

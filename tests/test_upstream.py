@@ -356,3 +356,28 @@ def test_unknown_token_is_a_502(tmp_path):
         status, _, raw = await fetch(h.relay, Relay.PREFIX + "nope")
         assert status == 502 and json.loads(raw)["error"]["code"] == "relay_expired"
     run(tmp_path, t)
+
+
+def test_operator_key_split_between_first_read_and_stream_is_scrubbed(tmp_path):
+    """The first read (kept as the prefix) ends inside an echoed key; the rest comes later. The
+    relay scrubs prefix and stream as one, so neither half of the key leaves alone."""
+    from routecar.keyscrub import KeyScrubber
+
+    async def t(h: Harness) -> None:
+        first = 'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n'
+        second = 'data: {"choices": [{"index": 0, "delta": {"content": "you sent {authorization} ok"}}]}\n\n'
+        # The echoed `Bearer <key>` is split in two writes: the first ends with "fake-ke".
+        key = "fake-key-mistral"
+        head, tail = second.split("{authorization}")
+        h.fleet.set_script("mistral", [{"raw_chunks": [first + head + "Bearer " + key[:7], key[7:] + tail,
+                                                       "data: [DONE]\n\n"], "chunk_delay": 0.2}])
+        res = await h.route(EU, body=STREAM)
+        assert res.stream is not None and res.body.endswith(key[:7].encode())  # the split is real
+        done: list[StreamStats] = []
+        path = h.relay.register(res.status, res.headers, stream=res.stream, body=res.body, capture=True,
+                                on_done=done.append, scrub=KeyScrubber(h.engine.operator_keys()))
+        status, _, raw = await fetch(h.relay, path)
+        assert status == 200 and key.encode() not in raw and b"fake-ke" not in raw
+        assert events(raw)[1]["choices"][0]["delta"]["content"] == "you sent Bearer [redacted] ok"
+        assert key.encode() not in bytes(done[0].captured)
+    run(tmp_path, t)

@@ -5,8 +5,9 @@ on its own 127.0.0.1 port. Every provider answers OpenAI ``POST .../chat/complet
 OpenAI ``POST .../responses`` (fakes/responses.py) and Anthropic
 ``POST .../messages`` (fakes/messages.py: ``x-api-key`` or Bearer auth,
 ``anthropic-version`` required), plain JSON or SSE streaming, with a message
-that says who answered; it records every request it receives and can be
-scripted to fail in specific ways, the same script for every shape.
+that says who answered; it records every request it receives (on any path:
+others get a 404, so a test can prove that nothing reached a provider) and can
+be scripted to fail in specific ways, the same script for every shape.
 
 Command line (writes ``{"openai": port, ...}`` to the ready file once all
 providers listen, then serves until SIGTERM/SIGINT)::
@@ -75,6 +76,9 @@ RULE_KEYS = {
     "compress": "str: 'auto' (honour Accept-Encoding), or gzip/deflate/br/zstd even when not "
                 "asked; another name is sent as a header over a plain body (see compress.py)",
     "content_type": "str: Content-Type of a 'body' answer (e.g. application/json over garbage)",
+    "echo_headers": "bool: the answer echoes the request's headers (error message, content, x-echo-* headers)",
+    "raw_chunks": "list of str: write the body verbatim in these pieces ('{authorization}' is replaced "
+                  "by the request's Authorization header); content type from 'headers' or SSE",
 }
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "mistral-small", "claude-sonnet", "gemini-flash"]
@@ -153,7 +157,15 @@ class FakeProvider:
         app.router.add_post(r"/{prefix:.*}chat/completions", self._h_chat)
         app.router.add_post(r"/{prefix:.*}responses", self._h_responses)
         app.router.add_post(r"/{prefix:.*}messages", self._h_messages)
+        app.router.add_route("*", r"/{tail:.*}", self._h_other)   # last: anything else, recorded
         return app
+
+    async def _h_other(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        self._record(request, raw.decode("utf-8", "replace"))
+        body = error_body(404, f"fake {self.name}: no route {request.method} {request.raw_path} "
+                               f"(body: {raw[:200].decode('utf-8', 'replace')})")
+        return web.json_response(body, status=404, headers={"x-fake-provider": self.name})
 
     async def _h_requests(self, request: web.Request) -> web.Response:
         if request.method == "DELETE":
@@ -194,6 +206,7 @@ class FakeProvider:
                 "time": time.time(),
                 "method": request.method,
                 "path": request.path,
+                "raw_path": request.raw_path,
                 "query_string": request.query_string,
                 "query": [[k, v] for k, v in request.query.items()],
                 "headers": [
@@ -232,10 +245,33 @@ class FakeProvider:
         coding = choose(rule.get("compress"), request.headers.get("Accept-Encoding"))
         if coding:
             headers["Content-Encoding"] = coding
+        echo = json.dumps(dict(request.headers)) if rule.get("echo_headers") else None
+        if echo is not None:  # what a careless gateway does: say back what it was sent
+            headers.update({f"x-echo-{k.lower()}": v for k, v in request.headers.items()})
+            rule = dict(rule, content=echo)  # a copy: the script keeps its own rule
+        if "raw_chunks" in rule:
+            return await self._raw(request, rule, headers, status)
         if status >= 400 or "body" in rule:
+            if echo is not None and "body" not in rule:
+                return self._fixed_response(status, errors(status, f"rejected request headers: {echo}"),
+                                            headers, rule.get("content_type"), coding)
             return self._fixed_response(status, rule["body"] if "body" in rule else errors(status, None),
                                         headers, rule.get("content_type"), coding)
         return body, rule, headers
+
+    async def _raw(self, request: web.Request, rule: Mapping[str, Any], headers: dict[str, str],
+                   status: int) -> web.StreamResponse:
+        resp = web.StreamResponse(status=status, headers=headers)
+        if "content-type" not in {k.lower() for k in headers}:
+            resp.content_type = "text/event-stream"
+        await resp.prepare(request)
+        auth = request.headers.get("Authorization", "")
+        for i, piece in enumerate(rule["raw_chunks"]):
+            if i and rule.get("chunk_delay"):  # separate writes reach the reader as separate reads
+                await asyncio.sleep(float(rule["chunk_delay"]))
+            await resp.write(str(piece).replace("{authorization}", auth).encode())
+        await resp.write_eof()
+        return resp
 
     async def _h_chat(self, request: web.Request) -> web.StreamResponse:
         got = await self._accept(request)
