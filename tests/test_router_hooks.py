@@ -405,4 +405,143 @@ def test_looked_up_tenants_route_and_an_unreachable_one_is_503(tmp_path: Path):
             assert error_of(f)["code"] == "no_candidate"
             status = router.engine.healthz({})
             assert status["status"] == "degraded" and status["tenants"]["available"] is False
+
+
+# -- fail closed --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw,status,fmt", [
+    ({"path": "/v1/responses"}, 404, "openai"),
+    ({"path": "/v1/chat/completions/"}, 404, "openai"),
+    ({"path": "/v1/messages", "host": "api.anthropic.com"}, 404, "anthropic"),
+    ({"path": "/v1/chat/completions", "method": "PUT"}, 405, "openai"),
+    ({"path": "/v1/models", "method": "GET", "body": b""}, 404, "openai"),
+    ({"sni": "api.anthropic.com"}, 400, "openai"),
+])
+def test_governed_calls_routecar_does_not_route_are_refused(kw, status, fmt):
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router)
+            headers = [("Authorization", "Bearer sk-app-key"), ("X-Route-Policy", EU), ("Cookie", "session=s3cr3t")]
+            f = flow(headers=headers, **kw)
+            await router.request(f)
+            assert f.response is not None and f.response.status_code == status
+            body = json.loads(f.response.content)
+            if fmt == "anthropic":
+                assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+                assert body["error"]["code"] == "unsupported_endpoint"
+            else:
+                assert body["error"]["code"] == "unsupported_endpoint"
+            assert f.response.headers["x-route-trace-id"].startswith("rt_")
+            assert f.response.headers["x-route-fingerprint"].startswith("pol_")
+            # the flow keeps none of the app's secrets
+            assert f.request.headers["Cookie"] == "[redacted]" and f.request.headers["Authorization"] == "[redacted]"
+            assert router.refused == 1
+    run(body)
+
+
+def test_ungoverned_calls_to_other_endpoints_are_untouched():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=TENANTS)
+            for kw in ({"path": "/v1/responses"}, {"path": "/v1/chat/completions/"},
+                       {"path": "/v1/models", "method": "GET", "body": b""}):
+                f = flow(**kw)  # the app's own key, no routing header, not a tenant key
+                await router.request(f)
+                assert f.response is None and "routecar" not in f.metadata
+                assert f.request.headers["Authorization"] == "Bearer sk-app-key"
+    run(body)
+
+
+@pytest.mark.parametrize("headers,code,status", [
+    ([("X-Tenant-Id", "initech-eu"), ("x-tenant-id", "acme-free")], "invalid_request", 400),
+    ([("X-Route-Policy", EU), ("X-Route-Policy", EU)], "invalid_request", 400),
+    ([("X-Tenant-Id", "")], "invalid_request", 400),
+    ([("X-Tenant-Id", "initech-eu"), ("Authorization", "Bearer demo-key-acme")], "tenant_conflict", 403),
+])
+def test_identity_errors(headers, code, status):
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=TENANTS)
+            for path in ("/v1/chat/completions", "/v1/responses"):
+                f = flow(headers=headers, path=path)
+                await router.request(f)
+                assert f.response.status_code == status and error_of(f)["code"] == code
+                assert f.response.headers["x-route-trace-id"].startswith("rt_")
+    run(body)
+
+
+def test_non_utf8_routing_header_is_400_not_500():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=TENANTS)
+            f = flow(headers=[])
+            f.request.headers.fields = ((b"X-Tenant-Id", b"initech-\xff\xfe"),)
+            await router.request(f)
+            assert f.response.status_code == 400
+            assert error_of(f)["message"] == "X-Tenant-Id is not valid UTF-8"
+            # a non-UTF-8 header routecar would forward is a 400 too (it could not be sent)
+            f = flow(headers=[("X-Route-Policy", EU)])
+            f.request.headers.fields += ((b"Anthropic-Beta", b"\xff"),)
+            await router.request(f)
+            assert f.response.status_code == 400 and "anthropic-beta" in error_of(f)["message"]
+    run(body)
+
+
+def test_passthrough_is_decided_on_headers_and_strips_routing_headers():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_passthrough="/v1/files")
+            f = flow(path="/v1/files", method="GET", body=b"",
+                     headers=[("Authorization", "Bearer sk-app-key"), ("X-Route-Policy", EU), ("x-tenant-id", "")])
+            await router.requestheaders(f)
+            assert f.response is None and f.request.stream is True   # the body is never held in the flow
+            assert "x-route-policy" not in f.request.headers and "x-tenant-id" not in f.request.headers
+            assert f.request.headers["Authorization"] == "Bearer sk-app-key"   # the app's own call
+            state = f.metadata["routecar"]
+            f.response = tutils.tresp()
+            router.responseheaders(f)
+            assert f.response.stream is True and f.response.headers["x-route-trace-id"] == state.trace_id
+            assert f.request.headers["Authorization"] == "[redacted]"   # sent already: now out of the flow
+            router.response(f)
+            assert state.finished and state.outcome == "passthrough"
+            # ungoverned: untouched; a spelling outside the prefix: not passthrough
+            f = flow(path="/v1/files", method="GET", body=b"")
+            await router.requestheaders(f)
+            assert not f.request.stream and "routecar" not in f.metadata
+            f = flow(path="/v1/files/../chat/completions", headers=[("X-Route-Policy", EU)])
+            await router.requestheaders(f)
+            assert "routecar" not in f.metadata
+    run(body)
+
+
+def test_passthrough_identity_error_answers_before_anything_is_sent():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_passthrough="/v1/files", routecar_tenants=TENANTS)
+            f = flow(path="/v1/files", method="GET", body=b"", headers=[("X-Tenant-Id", "nobody")])
+            await router.requestheaders(f)
+            assert f.response.status_code == 403 and error_of(f)["code"] == "unknown_tenant"
+            assert not f.request.stream
+    run(body)
+
+
+def test_admin_token_option():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=TENANTS, routecar_admin_token="tok-123456789")
+            rank = json.dumps({"tenant": "initech-eu"}).encode()
+            f = flow(host="routecar.local", path="/x/rank", port=80, scheme="http", body=rank, headers=[])
+            await router.request(f)
+            assert f.response.status_code == 401
+            f = flow(host="routecar.local", path="/x/rank", port=80, scheme="http", body=rank,
+                     headers=[("X-Routecar-Token", "tok-123456789")])
+            await router.request(f)
+            assert f.response.status_code == 200
     run(body)
