@@ -69,7 +69,9 @@ def classify(governance: Governance, flow: http.HTTPFlow, headers: dict[str, str
     the CONNECT target in a tunnel); the other names the client gave its target are the
     Host header (in `headers`), an absolute-form authority or HTTP/2 :authority, and the SNI."""
     req = flow.request
-    return governance.classify(req.method, req.host, req.path, mode_of(flow), headers,
+    # The method as sent: `Request.method` upper-cases it, and a lower-case `post` is another
+    # method to a case-sensitive server (RFC 9110), so it is another spelling here too.
+    return governance.classify(req.data.method.decode("latin-1"), req.host, req.path, mode_of(flow), headers,
                                names=(req.authority, flow.client_conn.sni))
 
 

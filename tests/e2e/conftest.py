@@ -4,7 +4,8 @@ subprocess in front of the loopback fake providers, and the official openai SDK.
 - ``routecar_home`` (session): ROUTECAR_HOME with a CA generated once.
 - ``loopback`` (session): providers.yaml pointing every provider at its fake + key env.
 - ``sidecar(*args, mode="regular", stock=False, env=None)``: a started proxy; `.traces`
-  is its trace DB, `.ca` its CA certificate.
+  is its trace DB, `.ca` its CA certificate. ``mode="reverse"`` targets a dead port;
+  ``mode="reverse:http://127.0.0.1:PORT"`` a given target (e.g. a fake provider).
 - ``curl_json(side, method, path, data=None)``: curl for the `/x/...` endpoints.
 - ``sdk(proxy)``: an ``openai.OpenAI`` client that reaches the sidecar as an
   unmodified app would: via HTTPS_PROXY + CA in regular mode, via base_url in reverse.
@@ -74,6 +75,7 @@ def sidecar(tmp_path: Path, routecar_home: Path, loopback: tuple[Path, dict[str,
         traces = tmp_path / f"traces{len(started)}.db"
         confdir = routecar_home / "mitmproxy"
         mode_spec = "reverse:http://127.0.0.1:9" if mode == "reverse" else mode
+        mode = "reverse" if mode.startswith("reverse") else mode
         if stock:  # stock mitmdump loading the addon script unchanged
             argv = [MITMDUMP, "-q", "--listen-host", "127.0.0.1", "-p", "0", "--mode", mode_spec,
                     "--set", f"confdir={confdir}", "--set", "connection_strategy=lazy",
