@@ -156,11 +156,14 @@ def test_stock_mitmdump_identifies_tenants(sidecar, fake):
                                             verify=ssl.create_default_context(cafile=str(side.ca)))
     client = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="demo-key-acme",
                            max_retries=0, http_client=http_client)
-    # identification order header,api_key,proxy_auth: the header wins, then the API key
-    assert _route(client, **{"X-Tenant-Id": "initech-eu"}) == ("mistral", "mistral-small-3")
-    assert _route(client) == ("groq", "openai/gpt-oss-120b")
+    # methods that disagree (header, API key and proxy user: three tenants) are refused...
+    with pytest.raises(openai.PermissionDeniedError) as ei:
+        _route(client, **{"X-Tenant-Id": "initech-eu"})
+    assert ei.value.body["code"] == "tenant_conflict"
+    # ...and methods that agree route: the proxy user alone, with the app's own (unknown) key
     http_client2 = openai.DefaultHttpxClient(proxy=f"http://wayne-mixed:pw@127.0.0.1:{port}",
                                              verify=ssl.create_default_context(cafile=str(side.ca)))
     other = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="sk-not-a-tenant-key",
                           max_retries=0, http_client=http_client2)
     assert _route(other) == ("mistral", "mistral-medium-3")
+    assert _route(other, **{"X-Tenant-Id": "wayne-mixed"}) == ("mistral", "mistral-medium-3")
