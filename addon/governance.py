@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 from urllib.parse import unquote
@@ -149,9 +149,13 @@ class Governance:
     base_paths: frozenset[str] = DEFAULT_BASE_PATHS
     passthrough: tuple[str, ...] = ()
     shapes: tuple[Shape, ...] = SHAPES
+    _paths: dict[str, Shape] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "provider_hosts", frozenset(normal_host(h) for h in self.provider_hosts))
+        # Computed once: classify runs on every request.
+        object.__setattr__(self, "_paths", {base.rstrip("/") + s.suffix: s
+                                            for base in sorted(self.base_paths) for s in self.shapes})
         for prefix in self.passthrough:
             if not prefix.startswith("/") or not clean_path(prefix):
                 raise ConfigError(f"routecar_passthrough: {prefix!r} is not a plain path prefix "
@@ -166,7 +170,7 @@ class Governance:
 
     def paths(self) -> dict[str, Shape]:
         """Every exact path routecar routes or answers, with its shape."""
-        return {base.rstrip("/") + s.suffix: s for base in sorted(self.base_paths) for s in self.shapes}
+        return self._paths
 
     def classify(self, method: str, host: str, path: str, mode: Mode, headers: Mapping[str, str],
                  names: Iterable[str | None] = ()) -> Verdict:
@@ -184,20 +188,20 @@ class Governance:
             return Verdict(Kind.DRY_RUN)
         else:
             others = set()
-        fmt: ErrorFormat = "anthropic" if self._anthropic(target, path, headers) else "openai"
 
         def refuse(status: int, reason: str) -> Verdict:
+            fmt: ErrorFormat = "anthropic" if self._anthropic(target, path, headers) else "openai"
             return Verdict(Kind.REFUSE, status=status, reason=reason, error_format=fmt)
 
         if others - {target}:
             return refuse(400, f"the request names more than one host ({', '.join(sorted(others | {target}))})")
-        override = sorted(OVERRIDE_HEADERS & set(headers))
+        override = [h for h in OVERRIDE_HEADERS if h in headers]
         if override:
-            return refuse(400, f"{override[0]} is not accepted: the request line alone says what is called")
+            return refuse(400, f"{min(override)} is not accepted: the request line alone says what is called")
         bare, sep, _query = path.partition("?")
         if self._passthrough(bare):
             return Verdict(Kind.PASSTHROUGH)
-        shape = self.paths().get(bare)
+        shape = self._paths.get(bare)
         if shape is not None:
             if method != shape.method:
                 return refuse(405, f"{method} {bare}: only {shape.method} is supported")
