@@ -545,3 +545,20 @@ def test_admin_token_option():
             await router.request(f)
             assert f.response.status_code == 200
     run(body)
+
+
+def test_body_user_governs_unrouted_calls_only_when_in_the_order():
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            emb = json.dumps({"model": "text-embedding-3-small", "input": "hi", "user": "initech-eu"}).encode()
+            configured(tctx, router, routecar_tenants=TENANTS, routecar_identify="header,body_user")
+            f = flow(path="/v1/embeddings", body=emb)
+            await router.request(f)
+            assert f.response.status_code == 404 and error_of(f)["code"] == "unsupported_endpoint"
+            assert f.metadata["routecar"].resolved.tenant == "initech-eu"
+            configured(tctx, router, routecar_tenants=TENANTS, routecar_identify="header")
+            f = flow(path="/v1/embeddings", body=emb)
+            await router.request(f)
+            assert f.response is None
+    run(body)

@@ -207,8 +207,12 @@ class Router:
         try:
             if has_routing_header(headers):  # governed by its presence: a bad one is a 400
                 check_routing_headers(req.headers.fields)
-            raw = request_bytes(req, engine.max_body) if verdict.kind is Kind.ROUTE else req.raw_content
-            body = parse_body(raw, engine.max_body) if verdict.kind is Kind.ROUTE else identity_body(raw)
+            raw = None
+            if verdict.kind is Kind.ROUTE:
+                raw = request_bytes(req, engine.max_body)
+                body = parse_body(raw, engine.max_body)
+            else:  # read only to find a body `user`: never decoded (an upload is no JSON anyway)
+                body = identity_body(req.raw_content) if "body_user" in engine.identify_order else {}
             model = body.get("model")
             state.requested_model = model if isinstance(model, str) else None
             state.resolved = await engine.resolve_async(headers, body, proxy_user(flow),
