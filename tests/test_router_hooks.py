@@ -562,3 +562,28 @@ def test_body_user_governs_unrouted_calls_only_when_in_the_order():
             await router.request(f)
             assert f.response is None
     run(body)
+
+
+@pytest.mark.parametrize("headers,proxy_user,code", [
+    ([("X-Tenant-Id", "initech-eu"), ("Authorization", "Bearer demo-key-acme")], None, "tenant_conflict"),
+    ([("Authorization", "Bearer demo-key-acme")], "stark-vip", "tenant_conflict"),
+    ([("X-Tenant-Id", "acme-free"), ("Authorization", "Bearer demo-key-acme")], "acme-free", None),
+])
+def test_identities_must_agree_with_tenants_looked_up_on_demand(tmp_path: Path, headers, proxy_user, code):
+    async def body() -> None:
+        router = Router()
+        with taddons.context(router) as tctx:
+            configured(tctx, router, routecar_tenants=lookup_table(tmp_path))
+            # (chat only when refused: this test runs no upstream session)
+            for path in ("/v1/responses",) if code is None else ("/v1/chat/completions", "/v1/responses"):
+                f = flow(headers=headers, path=path)
+                if proxy_user:
+                    f.metadata["proxyauth"] = (proxy_user, "x")
+                await router.request(f)
+                if code is None:  # they agree: governed as acme-free, and this endpoint is refused
+                    assert error_of(f)["code"] == "unsupported_endpoint"
+                    assert f.metadata["routecar"].resolved.tenant == "acme-free"
+                else:
+                    assert f.response.status_code == 403 and error_of(f)["code"] == code
+            router.engine.tenants.close()
+    run(body)
