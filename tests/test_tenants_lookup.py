@@ -250,3 +250,33 @@ def test_open_tenants_file_source_takes_the_ttl(tmp_path) -> None:
     f.write_text("tenants:\n  - id: a\n")
     src = open_tenants(str(f), clock=lambda: 0.0, ttl_s=7)
     assert isinstance(src, TenantSource) and src.ttl_s == 7
+
+
+def test_a_stale_key_miss_only_answers_beside_another_claim(lookup: TenantLookup, store: FakeStore,
+                                                            clock: Clock) -> None:
+    """identify_async must look every API key up (the methods must agree): while the database is
+    down, a key seen as no tenant's within the grace period still counts as such beside another
+    claim, so cached header tenants keep being served; alone it is still a 503 (never ungoverned)."""
+    from routecar.tenants.identify import DEFAULT_ORDER
+    from routecar.tenants.lookup import identify_async
+
+    async def ident(headers: dict[str, str], keys: tuple[str, ...]):
+        return await identify_async(DEFAULT_ORDER, headers=headers, proxy_user=None, body_user=None,
+                                    api_keys=keys, lookup=lookup)
+
+    async def main() -> None:
+        assert (await ident({"x-tenant-id": "globex"}, ("sk-app-real-key",))).tenant.id == "globex"
+        store.down = True
+        clock.now += 31
+        assert (await ident({"x-tenant-id": "globex"}, ("sk-app-real-key",))).tenant.id == "globex"
+        for headers, keys in (({}, ("sk-app-real-key",)),                   # the key alone: no claim to lean on
+                              ({"x-tenant-id": "globex"}, ("sk-never-seen",))):   # a key never seen
+            with pytest.raises(TenantSourceUnavailable):
+                await ident(headers, keys)
+        clock.now += 300  # past ttl + grace: nothing stale is used
+        with pytest.raises(TenantSourceUnavailable):
+            await ident({"x-tenant-id": "globex"}, ("sk-app-real-key",))
+
+    asyncio.run(main())
+    with pytest.raises(TenantSourceUnavailable):  # the blocking path never serves a stale miss
+        lookup.by_api_key_blocking("sk-app-real-key")

@@ -13,6 +13,8 @@ is in effect within `ttl_s`. When the database cannot answer:
 
     entry fresh                          served, no query
     tenant found, stale < grace_s        served (healthz degraded)
+    key miss, stale < grace_s, checked   "not a tenant key", only when another method already
+      against another claim              claims a tenant (identify_async: the methods must agree)
     miss, error, or nothing cached       TenantSourceUnavailable, 503: a request is never
                                          routed as another tenant nor passed through ungoverned
 
@@ -64,9 +66,10 @@ class TenantLookup:
         self.label = store.label
         self.ttl_s, self.grace_s, self.retry_s = ttl_s, grace_s, retry_s
         # Found tenants outlive their ttl by the grace period (served only while the
-        # database is down); misses and bad rows never outlive it.
+        # database is down); so do misses, but a stale miss only ever answers "this key is
+        # no tenant's" beside another claim (never a pass-through); bad rows never outlive it.
         self._found: TTLCache[Key, _Hit] = TTLCache(max_entries, ttl_s + grace_s, timer=clock)
-        self._missing: TTLCache[Key, _Hit] = TTLCache(max_entries, ttl_s, timer=clock)
+        self._missing: TTLCache[Key, _Hit] = TTLCache(max_entries, ttl_s + grace_s, timer=clock)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="routecar-tenants")
         self._inflight: dict[Key, asyncio.Future[Tenant | None]] = {}
@@ -90,7 +93,7 @@ class TenantLookup:
             raise hit.error
         return hit.tenant
 
-    def _fetch(self, key: Key) -> Tenant | None:
+    def _fetch(self, key: Key, stale_miss: bool = False) -> Tenant | None:
         """Query the store (blocking), fill the cache; on an outage, the stale hit or a 503."""
         now = self.clock()
         with self._lock:
@@ -98,7 +101,7 @@ class TenantLookup:
             if not fail_fast:
                 self._last_try = now
         if fail_fast:
-            return self._during_outage(key)
+            return self._during_outage(key, stale_miss)
         kind, value = key
         try:
             self.queries += 1
@@ -106,7 +109,7 @@ class TenantLookup:
             hit = _Hit(tenant, None, now)
         except TenantSourceUnavailable as e:
             self._went_down(now, e.message)
-            return self._during_outage(key)
+            return self._during_outage(key, stale_miss)
         except ConfigError as e:  # a bad row: refused; the app is told what is wrong, not where the database is
             hit = _Hit(None, ConfigError(e.message.removeprefix(f"{self.label}: "), tenant=e.tenant), now)
         with self._lock:  # one entry per key: the newest answer
@@ -116,9 +119,9 @@ class TenantLookup:
         self._came_back()
         return self._answer(hit)
 
-    def _during_outage(self, key: Key) -> Tenant | None:
+    def _during_outage(self, key: Key, stale_miss: bool = False) -> Tenant | None:
         hit = self._cached(key, stale=True)
-        if hit is not None and hit.tenant is not None:
+        if hit is not None and (hit.tenant is not None or (stale_miss and hit.error is None)):
             return hit.tenant  # within ttl + grace (older entries have left the TTLCache)
         who = f"tenant {key[1]!r}" if key[0] == "id" else "the tenant of this API key"
         raise TenantSourceUnavailable(f"{who} cannot be looked up: the tenant database is unavailable",
@@ -152,8 +155,9 @@ class TenantLookup:
     def by_api_key_blocking(self, raw_key: str) -> Tenant | None:
         return self.lookup_blocking(("key", hash_api_key(raw_key)))
 
-    async def lookup(self, key: Key) -> Tenant | None:
-        """The tenant for `key`: from the cache, else from the store in a worker thread."""
+    async def lookup(self, key: Key, *, stale_miss: bool = False) -> Tenant | None:
+        """The tenant for `key`: from the cache, else from the store in a worker thread.
+        `stale_miss`: during an outage, a miss within the grace period answers None."""
         self.lookups += 1
         hit = self._cached(key)
         if hit is not None:
@@ -161,7 +165,7 @@ class TenantLookup:
         loop = asyncio.get_running_loop()
         fut = self._inflight.get(key)
         if fut is None or fut.get_loop() is not loop:
-            fut = self._inflight[key] = loop.run_in_executor(self._pool, self._fetch, key)
+            fut = self._inflight[key] = loop.run_in_executor(self._pool, self._fetch, key, stale_miss)
             fut.add_done_callback(lambda f: self._inflight.pop(key, None) if self._inflight.get(key) is f else None)
         # shield: a client that goes away must not cancel the query others are waiting for.
         return await asyncio.shield(fut)
@@ -169,8 +173,8 @@ class TenantLookup:
     async def get(self, tenant_id: str) -> Tenant | None:
         return await self.lookup(("id", tenant_id))
 
-    async def by_api_key(self, raw_key: str) -> Tenant | None:
-        return await self.lookup(("key", hash_api_key(raw_key)))
+    async def by_api_key(self, raw_key: str, *, stale_miss: bool = False) -> Tenant | None:
+        return await self.lookup(("key", hash_api_key(raw_key)), stale_miss=stale_miss)
 
     # -- health -----------------------------------------------------------------------------
     def probe_soon(self) -> None:
@@ -211,13 +215,16 @@ async def identify_async(order: Sequence[str], *, headers: Mapping[str, str], pr
                          body_user: str | None, api_keys: Sequence[str],
                          lookup: TenantLookup) -> Identification | None:
     """`identify`, with the database read off the event loop: every API key is looked up (its
-    tenant must agree with the other claims), a claimed id only once the claims agree."""
+    tenant must agree with the other claims), a claimed id only once the claims agree. Beside
+    another claim, a key seen as no tenant's within the grace period still counts as such
+    while the database is down (the call stays governed by that claim either way)."""
     found: list[Identification] = []
-    for method, claim in claims(order, headers=headers, proxy_user=proxy_user, body_user=body_user,
-                                api_keys=api_keys):
+    said = list(claims(order, headers=headers, proxy_user=proxy_user, body_user=body_user, api_keys=api_keys))
+    other_claim = any(method != "api_key" for method, _ in said)
+    for method, claim in said:
         if method != "api_key":
             found.append(Identification(None, claim, method))
-        elif (tenant := await lookup.by_api_key(claim)) is not None:
+        elif (tenant := await lookup.by_api_key(claim, stale_miss=other_claim)) is not None:
             found.append(Identification(tenant, tenant.id, method))
     first = agree(found)
     if first is not None and first.tenant is None:
