@@ -508,7 +508,7 @@ def test_passthrough_is_decided_on_headers_and_strips_routing_headers():
             assert f.response.stream is True and f.response.headers["x-route-trace-id"] == state.trace_id
             assert f.request.headers["Authorization"] == "[redacted]"   # sent already: now out of the flow
             router.response(f)
-            assert state.finished and state.outcome == "passthrough"
+            assert state.traced and state.outcome == "passthrough"
             # ungoverned: untouched; a spelling outside the prefix: not passthrough
             f = flow(path="/v1/files", method="GET", body=b"")
             await router.requestheaders(f)
