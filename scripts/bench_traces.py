@@ -25,7 +25,7 @@ from routecar.traces.record import TraceRecord  # noqa: E402
 from routecar.traces.writer import TraceWriter  # noqa: E402
 
 
-def records(n: int, no_log: bool, as_object: bool) -> list[TraceRecord]:
+def records(n: int, no_log: bool) -> list[TraceRecord]:
     cat = load_catalog()
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Summarise our Q3 churn in 3 bullets."}]}
     pol = parse_policy({"rules": [["cmp", "bench_intelligence", "ge", 0.5]], "no_log": no_log}, cat.registry)
@@ -36,7 +36,7 @@ def records(n: int, no_log: bool, as_object: bool) -> list[TraceRecord]:
             trace_id=f"rt_bench{i:08d}", ts=time.time(), tenant="acme-free", mode="regular", no_log=no_log,
             status=200, outcome="ok", latency_ms=3.1, ttfb_ms=2.0,
             usage={"prompt_tokens": 20, "completion_tokens": 9},
-            decision=d if as_object else d.to_dict(),
+            decision=d,
             attempts=[{"entry": d.selected.entry.id, "provider": d.selected.entry.provider,
                        "model": d.selected.entry.model, "status": 200, "error_class": "ok", "duration_ms": 2.0}],
             request_body=None if no_log else str(body), response_body=None if no_log else '{"id": "x"}',
@@ -45,7 +45,7 @@ def records(n: int, no_log: bool, as_object: bool) -> list[TraceRecord]:
 
 
 def run(n: int, no_log: bool, cap: float) -> tuple[float, int]:
-    recs = records(n, no_log, as_object=True)
+    recs = records(n, no_log)
     with tempfile.TemporaryDirectory() as tmp:
         w = TraceWriter(Path(tmp) / "traces.db", max_queue=n + 1).start()
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ import pytest
 
 from routecar.catalog import load_catalog
 from routecar.cli.main import main
-from routecar.policy import RequestProfile, evaluate, parse_policy
+from routecar.policy import Decision, RequestProfile, evaluate, parse_policy
 from routecar.tenants.rules import compile_policy, load_rules
 from routecar.tenants.table import load_tenants
 from routecar.traces.record import TraceRecord
@@ -33,15 +33,20 @@ EU_POLICY = {"rules": [{"id": "eu-only", "from": "rule:data-residency", "rule": 
 FLOOR_POLICY = {"rules": [{"id": "floor", "rule": ["cmp", "bench_intelligence", "ge", 0.6]}]}
 
 
-def decision_for(policy_ir: Any, body: dict[str, Any] = BODY) -> dict[str, Any]:
+def decision_for(policy_ir: Any, body: dict[str, Any] = BODY) -> Decision:
     policy = parse_policy(policy_ir, CATALOG.registry)
-    return evaluate(policy, CATALOG, RequestProfile.from_body(body)).to_dict()
+    return evaluate(policy, CATALOG, RequestProfile.from_body(body))
+
+
+def dict_for(policy_ir: Any, body: dict[str, Any] = BODY) -> dict[str, Any]:
+    """The decision as `routecar rank` answers and a trace stores it."""
+    return decision_for(policy_ir, body).to_dict()
 
 
 def record(trace_id: str, policy_ir: Any, *, ts: float, tenant: str | None = None, ok: bool = True,
            catalog: bool = False, **kw: Any) -> TraceRecord:
     d = decision_for(policy_ir)
-    ranked = d["ranked"]
+    ranked = d.to_dict()["ranked"]
     if ok:
         attempts = [{"entry": ranked[0]["id"], "provider": ranked[0]["provider"],
                      "model": ranked[0]["model"], "status": 200, "duration_ms": 12.5}]
@@ -102,7 +107,7 @@ def test_traces_table(capsys, db):
     assert code == 0
     assert "4 trace(s), newest first" in out
     eu = next(line for line in out.splitlines() if "rt_eu" in line)
-    selected = decision_for(EU_POLICY)["selected"]
+    selected = dict_for(EU_POLICY)["selected"]
     assert selected in eu and "acme" in eu and "200 ok" in eu and parse_policy(EU_POLICY).fingerprint in eu
     failed = next(line for line in out.splitlines() if "rt_floor_failed" in line)
     assert "502 upstream_failed" in failed and failed.split()[-3] == "2"  # attempts
@@ -159,7 +164,7 @@ def test_terminal_output_fits_the_terminal(db, columns):
 def test_traces_json_parses_json_columns(capsys, db):
     code, out, _ = run(capsys, "traces", "--db", str(db), "--json", "--tenant", "acme")
     [row] = json.loads(out)
-    assert row["decision"]["selected"] == decision_for(EU_POLICY)["selected"]
+    assert row["decision"]["selected"] == dict_for(EU_POLICY)["selected"]
     assert row["chosen_entry"] == row["decision"]["selected"]
     assert row["attempts_count"] == 1 and row["est_cost"] > 0
 
@@ -202,7 +207,7 @@ def test_last_must_be_positive(capsys, db):
 def test_explain_tells_the_whole_story(capsys, db):
     code, out, _ = run(capsys, "explain", "rt_eu", "--db", str(db))
     assert code == 0
-    d = decision_for(EU_POLICY)
+    d = dict_for(EU_POLICY)
     assert "tenant=acme" in out
     # every clause, where it came from
     assert '[0] eu-only                  ["eq", "region", "eu"]   (from rule:data-residency)' in out
@@ -212,7 +217,14 @@ def test_explain_tells_the_whole_story(capsys, db):
     # the ranking with costs, every attempt, the outcome
     assert f"{d['ranked'][0]['est_cost']:.6f}" in out
     assert f"selected {d['selected']}   fallback: {d['fallback'][0]}" in out
-    assert "attempts" in out and "12" in out
+    # the attempts table: one row, the selected entry answering 200 after 12.5 ms
+    first = d["ranked"][0]
+    lines = out.splitlines()  # (into a pipe: plain columns, two spaces apart)
+    title = next(n for n, line in enumerate(lines) if line.strip() == "attempts")
+    assert lines[title + 1].split() == ["#", "entry", "provider", "/", "model", "status", "error", "class",
+                                        "duration", "ms"]
+    assert [c.strip() for c in lines[title + 2].split("  ") if c.strip()] == [
+        "1", d["selected"], f"{first['provider']} / {first['model']}", "200", "-", "12"]
     assert f"outcome ok status=200  chosen={d['selected']}" in out
     assert "payload kept in the payloads table" in out
     assert "replay: same decision" in out
@@ -223,7 +235,7 @@ def test_explain_json_replay_equals_original(capsys, db):
     code, out, _ = run(capsys, "explain", "rt_eu", "--db", str(db), "--json")
     assert code == 0
     got = json.loads(out)
-    original = decision_for(EU_POLICY)
+    original = dict_for(EU_POLICY)
     assert got["replay"]["status"] == "same" and got["replay"]["differences"] == []
     assert got["replay"]["replayed"] == original
     assert got["trace"]["decision"] == original
@@ -271,7 +283,7 @@ def test_explain_reports_a_tampered_decision(capsys, db, sql, difference):
     code, out, _ = run(capsys, "explain", "rt_eu", "--db", str(db))
     assert code == 1
     assert "replay: different decision" in out
-    assert difference.format(selected=decision_for(EU_POLICY)["selected"]) in out
+    assert difference.format(selected=dict_for(EU_POLICY)["selected"]) in out
     code, out, _ = run(capsys, "explain", "rt_eu", "--db", str(db), "--json")
     assert code == 1 and json.loads(out)["replay"]["status"] == "different"
 
@@ -313,7 +325,7 @@ def test_replay_equals_original_for_shipped_policies(capsys, tmp_path, policy_ir
     code, out, _ = run(capsys, "explain", "rt_1", "--db", str(path), "--json")
     replay = json.loads(out)["replay"]
     assert (code, replay["status"]) == (0, "same"), replay
-    assert replay["replayed"] == d
+    assert replay["replayed"] == d.to_dict()
 
 
 # -- compile --------------------------------------------------------------------------------

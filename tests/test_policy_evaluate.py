@@ -45,6 +45,9 @@ class FakeHealth:
         self.calls += 1
         return self.live.get(entry_id, {"healthy": True, "latency_ms": None})
 
+    def cooled_ids(self) -> frozenset[str]:
+        return frozenset(i for i, live in self.live.items() if not live.get("healthy", True))
+
 
 # -- acceptance: the six product-page examples ------------------------------------
 

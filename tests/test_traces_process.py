@@ -38,7 +38,6 @@ def _records() -> list[TraceRecord]:
                                attempts=[{"entry": "x", "status": 200, "error_class": "ok"}],
                                request_body=b'{"q": 1}', response_body="{}", catalog=CAT.to_list() if n == 0 else None))
     health.record("mistral/mistral-small-3", True, 5.0)  # live health moves on: traces keep the snapshot
-    out.append(TraceRecord(trace_id="rt_plain", ts=2000.0, decision={"selected": None}, outcome="x"))
     out.append(TraceRecord(trace_id="rt_none", ts=2001.0, outcome="invalid_policy"))
     return out
 

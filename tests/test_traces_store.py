@@ -8,49 +8,34 @@ from typing import Any
 
 import pytest
 
+from routecar.catalog import parse_catalog
+from routecar.policy import Decision, RequestProfile, evaluate, parse_policy
 from routecar.traces.record import TraceRecord
 from routecar.traces.rows import scrub
 from routecar.traces.store import MIGRATIONS, TraceStore, default_traces_path, parse_since
 from routecar.traces.writer import TraceWriter
 
 
-def make_decision() -> dict[str, Any]:
-    """A Decision.to_dict() shaped like docs/architecture.md."""
-    return {
-        "policy": {"fingerprint": "pol_8f41c2", "digest": "ab" * 32, "schema": "sigma-pol/v1",
-                   "canonical": {"schema": "sigma-pol/v1", "no_log": False,
-                                 "rules": [["cmp", "bench_intelligence", "ge", 0.5]],
-                                 "rank": [["asc", "est_cost"], ["desc", "bench_intelligence"],
-                                          ["asc", "id"]],
-                                 "fallback": {"max_attempts": 3}},
-                   "no_log": False, "max_attempts": 3,
-                   "clauses": [{"index": 0, "id": "floor", "from": "rule:free-floor",
-                                "rule": ["cmp", "bench_intelligence", "ge", 0.5]}]},
-        "catalog_version": "cat_0123456789ab",
-        "request": {"model": "gpt-4o", "prompt_tokens": 42, "max_tokens": None,
-                    "out_tokens": 256, "tools": False, "vision": False, "stream": False},
-        "candidates": [
-            {"id": "openai/gpt-5.5", "provider": "openai", "model": "gpt-5.5",
-             "passed": True, "failed": None},
-            {"id": "groq/llama-4", "provider": "groq", "model": "llama-4",
-             "passed": True, "failed": None},
-            {"id": "mistral/mistral-small", "provider": "mistral", "model": "mistral-small",
-             "passed": False,
-             "failed": {"index": 0, "id": "floor", "rule": ["cmp", "bench_intelligence", "ge", 0.5],
-                        "field": "bench_intelligence", "value": 0.41}},
-            {"id": "acme/tiny", "provider": "acme", "model": "tiny", "passed": False,
-             "failed": {"index": None, "id": "fit:tools", "rule": ["has", "capabilities", "tools"],
-                        "field": "capabilities", "value": ["json"]}},
-        ],
-        "ranked": [
-            {"id": "openai/gpt-5.5", "provider": "openai", "model": "gpt-5.5", "est_cost": 0.0031,
-             "keys": {"est_cost": 0.0031, "bench_intelligence": 0.6, "id": "openai/gpt-5.5"}},
-            {"id": "groq/llama-4", "provider": "groq", "model": "llama-4", "est_cost": 0.004,
-             "keys": {"est_cost": 0.004, "bench_intelligence": 0.55, "id": "groq/llama-4"}},
-        ],
-        "selected": "openai/gpt-5.5",
-        "fallback": ["groq/llama-4"],
-    }
+def _entry(id_: str, bench: float, price: float, caps: list[str]) -> dict[str, Any]:
+    provider, model = id_.split("/")
+    return {"id": id_, "provider": provider, "model": model, "region": "us", "bench_intelligence": bench,
+            "price_in": price, "price_out": 2 * price, "context_window": 100_000, "max_output": 8192,
+            "capabilities": caps}
+
+
+CATALOG = parse_catalog([
+    _entry("openai/gpt-5.5", 0.6, 1.0, ["tools"]),
+    _entry("groq/llama-4", 0.55, 2.0, ["tools", "json"]),
+    _entry("mistral/mistral-small", 0.41, 0.1, ["tools"]),   # below the floor
+    _entry("acme/tiny", 0.7, 0.05, ["json"]),                # no tools: fails the fit check
+], "<test catalog>")
+POLICY = {"rules": [{"id": "floor", "from": "rule:free-floor", "rule": ["cmp", "bench_intelligence", "ge", 0.5]}]}
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi " * 100}],
+        "tools": [{"type": "function", "function": {"name": "f"}}]}
+
+
+def make_decision(policy: Any = POLICY, body: dict[str, Any] = BODY) -> Decision:
+    return evaluate(parse_policy(policy, CATALOG.registry), CATALOG, RequestProfile.from_body(body))
 
 
 def make_record(trace_id: str = "tr_1", ts: float = 1000.0, **kw: Any) -> TraceRecord:
@@ -80,23 +65,28 @@ def raw_bytes(db_path: Path) -> bytes:
 
 
 def test_round_trip_with_decision(store: TraceStore) -> None:
+    d = make_decision()
     store.write([make_record()])
     t = store.get("tr_1")
     assert t is not None
-    assert t["decision"] == make_decision()
+    assert t["decision"] == d.to_dict()
+    assert [c["id"] for c in t["decision"]["candidates"]] == [e.id for e in CATALOG.entries]
     assert (t["tenant"], t["fingerprint"], t["digest"], t["catalog_version"]) == (
-        "acme", "pol_8f41c2", "ab" * 32, "cat_0123456789ab")
-    assert json.loads(t["policy"]) == make_decision()["policy"]["canonical"]
+        "acme", d.policy.fingerprint, d.policy.digest, CATALOG.version)
+    assert json.loads(t["policy"]) == d.policy.canonical
     # the entry that answered, after falling back from the selected one
+    groq_cost = d.ranked[1].est_cost
     assert (t["chosen_entry"], t["chosen_model"], t["chosen_provider"], t["est_cost"]) == (
-        "groq/llama-4", "llama-4", "groq", 0.004)
+        "groq/llama-4", "llama-4", "groq", groq_cost)
     assert (t["requested_model"], t["status"], t["outcome"], t["attempts_count"]) == (
         "gpt-4o", 200, "ok", 2)
     assert (t["prompt_tokens"], t["completion_tokens"], t["no_log"], t["stream"]) == (42, 7, 0, 0)
     assert [c["rank"] for c in t["candidates"]] == [1, 2, None, None]
-    dropped = t["candidates"][2]
-    assert (dropped["failed_clause_id"], dropped["failed_field"], dropped["failed_value"]) == (
-        "floor", "bench_intelligence", "0.41")
+    assert [c["passed"] for c in t["candidates"]] == [1, 1, 0, 0]
+    floor, fit = t["candidates"][2], t["candidates"][3]
+    assert (floor["failed_index"], floor["failed_clause_id"], floor["failed_field"], floor["failed_value"]) == (
+        0, "floor", "bench_intelligence", "0.41")
+    assert (fit["failed_index"], fit["failed_clause_id"], fit["failed_value"]) == (None, "fit:tools", '["json"]')
     assert [(a["n"], a["entry_id"], a["status"]) for a in t["attempts"]] == [
         (1, "openai/gpt-5.5", 503), (2, "groq/llama-4", 200)]
     assert t["payload"] == {
@@ -127,8 +117,9 @@ def test_no_log_leaves_no_payload_anywhere(tmp_path: Path) -> None:
     path = tmp_path / "traces.db"
     canary, logged = "CANARY-7f3a9c-secret-prompt", "LOGGED-1b2c3d-visible"
     body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": canary}]})
-    decision = make_decision()
-    decision["request"]["note"] = f"echo: {canary}"  # a buggy caller leaking the prompt
+    # A caller that copied its prompt into a clause id: the decision must not carry it either.
+    decision = make_decision({"rules": [{"id": f"echo: {canary}", "rule": ["cmp", "bench_intelligence", "ge", 0.5]}],
+                              "no_log": True})
     writer = TraceWriter(path).start()
     writer.submit(make_record("tr_nolog", no_log=True, request_body=body.encode(),
                               response_body=f'{{"x":"{canary}-reply"}}', decision=decision,
@@ -141,7 +132,8 @@ def test_no_log_leaves_no_payload_anywhere(tmp_path: Path) -> None:
     with TraceStore(path) as store:
         t = store.get("tr_nolog")
         assert t is not None and t["payload"] is None and t["no_log"] == 1
-        assert t["decision"]["request"]["note"] == "[no_log]"
+        assert t["decision"]["policy"]["clauses"][0]["id"] == "[no_log]"
+        assert t["candidates"][2]["failed_clause_id"] == "[no_log]"
         assert t["decision"]["selected"] == "openai/gpt-5.5"  # the decision is still traced
         assert t["error"] == {"error": {"message": "[no_log]"}}
     assert canary.encode() not in raw_bytes(path)
@@ -314,7 +306,7 @@ def test_query_filters(store: TraceStore) -> None:
     assert [r["trace_id"] for r in store.query()] == ["a3", "a2", "b1", "a1"]
     assert [r["trace_id"] for r in store.query(tenant="a", last=2)] == ["a3", "a2"]
     assert [r["trace_id"] for r in store.query(fingerprint="pol_other")] == ["b1"]
-    assert [r["trace_id"] for r in store.query(fingerprint="pol_8f41c2", since_ts=3.0)] == [
+    assert [r["trace_id"] for r in store.query(fingerprint=make_decision().policy.fingerprint, since_ts=3.0)] == [
         "a3", "a2"]
     assert store.query(tenant="nobody") == []
 

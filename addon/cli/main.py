@@ -183,7 +183,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**decision.to_dict(), "tenant": args.tenant, "warnings": warnings}, indent=2, default=str))
     else:
-        render_decision(decision, args.tenant)
+        render_decision(decision.to_dict(), args.tenant, regions={e.id: e.region for e in decision.catalog.entries})
         print_warnings(warnings)
     return 0 if decision.selected else 1
 

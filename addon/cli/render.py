@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..policy import Decision
+from ..policy import Failure
 
 
 class CliError(Exception):
@@ -41,19 +41,10 @@ def print_table(c: Console, table: Table) -> None:
     c.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
-def failure_reason(failed: Mapping[str, Any]) -> str:
-    """`Failure.reason()` for the dict form (a stored trace's candidate)."""
-    return (f"{failed.get('id')} failed: {json.dumps(failed.get('rule'))} "
-            f"(actual {failed.get('field')}={json.dumps(failed.get('value'), default=str)})")
-
-
-def render_decision(d: Decision | Mapping[str, Any], tenant: str | None = None,
+def render_decision(d: Mapping[str, Any], tenant: str | None = None,
                     regions: Mapping[str, str] | None = None, console: Console | None = None) -> None:
-    """Print a decision: a `Decision`, or its `to_dict()` form as a trace stores it
-    (`regions`: entry id -> region, which the dict form does not carry)."""
-    if isinstance(d, Decision):
-        regions = {e.id: e.region for e in d.catalog.entries}
-        d = d.to_dict()
+    """Print a decision in its `Decision.to_dict()` form, the form `routecar rank` answers and a
+    trace stores (`regions`: entry id -> region, which that form does not carry)."""
     regions = regions or {}
     c = console or make_console()
     p = d.get("policy") or {}
@@ -75,7 +66,7 @@ def render_decision(d: Decision | Mapping[str, Any], tenant: str | None = None,
             t.add_row(eid, cand.get("provider"), regions.get(eid, "?"), "[green]pass[/]", f"#{rank_pos.get(eid)}")
         else:
             t.add_row(eid, cand.get("provider"), regions.get(eid, "?"), "[red]drop[/]",
-                      failure_reason(cand.get("failed") or {}))
+                      Failure(**cand["failed"]).reason())
     print_table(c, t)
     keys = [f for _, f in (p.get("canonical") or {}).get("rank", []) if f not in ("est_cost", "id")]
     t = Table("#", "entry", "est. cost (USD)", *keys, title="ranked survivors")

@@ -25,6 +25,7 @@ from rich.table import Table
 from ..catalog import load_catalog, parse_catalog
 from ..errors import RoutecarError
 from ..policy import RequestProfile, evaluate, parse_policy
+from ..policy.model import ir_from_summary
 from ..shipped import POLICIES
 from ..traces.store import TraceStore, default_traces_path, parse_since
 from .render import CliError, make_console, print_table, render_decision
@@ -101,25 +102,6 @@ def cmd_traces(args: argparse.Namespace) -> int:
 
 # -- explain ------------------------------------------------------------------------------
 
-def policy_ir_of(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """policy_ir rebuilt from a stored `Policy.summary()`: every clause with its id and
-    `from`, the canonical rank, fallback and no_log."""
-    rules: list[Any] = []
-    for c in summary.get("clauses") or []:
-        if c.get("id") is None and c.get("from") is None:
-            rules.append(c["rule"])
-        else:
-            rules.append({k: v for k, v in (("id", c.get("id")), ("from", c.get("from")),
-                                             ("rule", c["rule"])) if v is not None})
-    ir: dict[str, Any] = {"schema": summary.get("schema", "sigma-pol/v1"), "rules": rules,
-                          "fallback": {"max_attempts": summary.get("max_attempts", 3)},
-                          "no_log": bool(summary.get("no_log"))}
-    rank = (summary.get("canonical") or {}).get("rank")
-    if rank:
-        ir["rank"] = rank
-    return ir
-
-
 def _verdicts(decision: Mapping[str, Any]) -> dict[str, str]:
     return {c["id"]: "pass" if c.get("passed") else f"drop ({(c.get('failed') or {}).get('id')})"
             for c in decision.get("candidates") or []}
@@ -142,7 +124,7 @@ def replay(decision: Mapping[str, Any] | None,
     stored_policy = decision.get("policy") or {}
     try:
         catalog = parse_catalog(list(catalog_rows), f"snapshot {version}")
-        policy = parse_policy(policy_ir_of(stored_policy), catalog.registry)
+        policy = parse_policy(ir_from_summary(stored_policy), catalog.registry)
         request = RequestProfile(**{k: v for k, v in (decision.get("request") or {}).items()
                                     if k != "out_tokens"})
     except (RoutecarError, TypeError, KeyError) as e:

@@ -24,7 +24,15 @@ IMAGE_TOKENS = 85  # a low-detail image; enough to route on, not to bill
 
 
 class LiveHealth(Protocol):
-    def live_fields(self, entry_id: str) -> Mapping[str, Any]: ...
+    """Health as evaluation reads it (`HealthTracker`, or a snapshot of it)."""
+
+    def live_fields(self, entry_id: str) -> Mapping[str, Any]:
+        """`healthy` and `latency_ms` of one entry."""
+        ...
+
+    def cooled_ids(self) -> frozenset[str]:
+        """The entries cooling down (not `healthy`) right now."""
+        ...
 
 
 def _text_len(content: Any) -> tuple[int, bool]:
@@ -299,16 +307,6 @@ def static_failures(policy: Policy, catalog: Catalog) -> Mapping[int, Failure]:
     return _static(policy, catalog).failures
 
 
-def _cooled(health: LiveHealth | None, ids: Any) -> frozenset[str]:
-    """Entries cooling down: the tracker's cached set, else asked entry by entry."""
-    if health is None:
-        return frozenset()
-    fast = getattr(health, "cooled_ids", None)
-    if fast is not None:
-        return fast()
-    return frozenset(i for i in ids if not health.live_fields(i).get("healthy", True))
-
-
 def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = None,
              health: LiveHealth | None = None) -> Decision:
     """Filter every entry, rank the survivors, select the first; fallback is the rest of the plan."""
@@ -338,7 +336,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
     else:
         # Per-request clauses or sort keys: each survivor gets a small row with just the
         # fields they read (not a copy of the whole entry).
-        cooled = _cooled(health, [r[1].id for r in st.rows])
+        cooled = health.cooled_ids() if health is not None else frozenset()
         latency = health is not None and policy.reads("latency_ms")
         sign = st.cost_sign
         for i, entry, pin, pout, cw, mo, has_tools, has_vision, parts, prefix, suffix in st.rows:
@@ -373,7 +371,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
                 items.sort(key=lambda t: (t[0][n] is None, t[0][n]))
             else:
                 items.sort(key=lambda t: (t[0][n] is not None, t[0][n]), reverse=True)
-    cooled = _cooled(health, [catalog.entries[t[-2]].id for t in items])
+    cooled = health.cooled_ids() if health is not None else frozenset()
     if cooled:  # a cooled-down entry is tried only after every healthy one
         items.sort(key=lambda t: catalog.entries[t[-2]].id in cooled)
     return Decision(policy, catalog, req, tuple(t[-2] for t in items), tuple(t[-1] for t in items), health)

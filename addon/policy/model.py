@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import InvalidPolicy
 from ..fields import DEFAULT_REGISTRY, DYNAMIC_FIELDS, FieldRegistry
-from .validate import MAX_CLAUSES, SCHEMA, Checked, canon_key, check, decode
+from .validate import DEFAULT_MAX_ATTEMPTS, MAX_CLAUSES, SCHEMA, Checked, canon_key, check, decode
 
 Row = Mapping[str, Any]
 Predicate = Callable[[Row], bool]
@@ -142,24 +142,34 @@ class Policy:
 
     def to_ir(self) -> dict[str, Any]:
         """policy_ir with clause ids and origins, re-parseable to an equal policy."""
-        rules: list[Any] = []
-        for c in self.clauses:
-            if c.id is None and c.from_ is None:
-                rules.append(c.rule)
-            else:
-                d: dict[str, Any] = {"rule": c.rule}
-                if c.id is not None:
-                    d["id"] = c.id
-                if c.from_ is not None:
-                    d["from"] = c.from_
-                rules.append(d)
-        return {"schema": self.schema, "rules": rules, "rank": [list(k) for k in self.rank],
-                "fallback": {"max_attempts": self.max_attempts}, "no_log": self.no_log}
+        return {"schema": self.schema, "rules": [_clause_ir(c.rule, c.id, c.from_) for c in self.clauses],
+                "rank": [list(k) for k in self.rank], "fallback": {"max_attempts": self.max_attempts},
+                "no_log": self.no_log}
 
     def summary(self) -> dict[str, Any]:
         return {"fingerprint": self.fingerprint, "digest": self.digest, "schema": self.schema,
                 "canonical": self.canonical, "no_log": self.no_log, "max_attempts": self.max_attempts,
                 "clauses": [c.to_dict() for c in self.clauses]}
+
+
+def _clause_ir(rule: Any, id_: str | None, from_: str | None) -> Any:
+    """One clause as policy_ir writes it: the bare expression unless it has an id or origin."""
+    if id_ is None and from_ is None:
+        return rule
+    return {"rule": rule, **({"id": id_} if id_ is not None else {}), **({"from": from_} if from_ is not None else {})}
+
+
+def ir_from_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """policy_ir rebuilt from a stored `Policy.summary()` (a trace's policy), as `to_ir()` gives it."""
+    ir: dict[str, Any] = {
+        "schema": summary.get("schema", SCHEMA),
+        "rules": [_clause_ir(c["rule"], c.get("id"), c.get("from")) for c in summary.get("clauses") or []],
+        "fallback": {"max_attempts": summary.get("max_attempts", DEFAULT_MAX_ATTEMPTS)},
+        "no_log": bool(summary.get("no_log"))}
+    rank = (summary.get("canonical") or {}).get("rank")
+    if rank:
+        ir["rank"] = rank
+    return ir
 
 
 def canonical_rank(rank: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:

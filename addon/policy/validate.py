@@ -31,6 +31,7 @@ MAX_NODES = 1024
 MAX_LIST = 256
 MAX_STRING = 256
 MAX_ATTEMPTS = 10
+DEFAULT_MAX_ATTEMPTS = 3
 MAX_RANK_KEYS = 16
 
 
@@ -343,7 +344,7 @@ def check(obj: Any, registry: FieldRegistry) -> tuple[list[PolicyErrorItem], Che
             if cc is not None:
                 clauses.append(cc)
     rank = _rank(w, obj["rank"]) if "rank" in obj else (("asc", "est_cost"), ("desc", "bench_intelligence"))
-    max_attempts = 3
+    max_attempts = DEFAULT_MAX_ATTEMPTS
     fb = obj.get("fallback", {})
     if not isinstance(fb, Mapping):
         w.err("fallback", f"fallback must be an object like {{\"max_attempts\": 3}}, got {_type_name(fb)}")
@@ -351,7 +352,7 @@ def check(obj: Any, registry: FieldRegistry) -> tuple[list[PolicyErrorItem], Che
         for k in fb:
             if k != "max_attempts":
                 w.err(f"fallback.{k}", f"unknown key {k!r}{suggest(str(k), ['max_attempts'])}")
-        ma = fb.get("max_attempts", 3)
+        ma = fb.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
         if isinstance(ma, float) and ma.is_integer():
             ma = int(ma)
         if not isinstance(ma, int) or isinstance(ma, bool) or not 1 <= ma <= MAX_ATTEMPTS:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..catalog import parse_catalog
 from ..policy import Decision, RequestProfile, parse_policy
@@ -32,6 +32,21 @@ from .writer import TraceWriter
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TraceRecord) if f.name != "decision")
 STATS_BYTES = 4096
+
+
+class CompactDecision(NamedTuple):
+    """What rebuilds a Decision in the child: the policy_ir and catalog rows are None
+    when the child already has them (sent once per policy / catalog version)."""
+
+    policy_id: str
+    policy_ir: dict[str, Any] | None
+    catalog_version: str
+    catalog_rows: list[dict[str, Any]] | None
+    request: tuple[Any, ...]            # RequestProfile's fields, in order
+    order: tuple[int, ...]
+    costs: tuple[float, ...]
+    cooled: frozenset[str]
+    latency: Mapping[str, float | None]
 
 
 class SnapshotHealth:
@@ -94,18 +109,18 @@ class ProcessTraceWriter:
     def _compact(self, rec: TraceRecord) -> tuple[tuple[Any, ...], str | None, str | None]:
         fields = {name: getattr(rec, name) for name in _FIELDS}
         d = rec.decision
-        if d is None or isinstance(d, Mapping):
-            return ("rec", fields, d), None, None
+        if d is None:
+            return ("rec", fields, None), None, None
         pid, version = d.policy.identity, d.catalog.version
         ir = None if pid in self._sent_policies else d.policy.to_ir()
         rows = None if version in self._sent_catalogs else d.catalog.to_list()
         health = d.health
-        cooled = frozenset(health.cooled_ids()) if health is not None and hasattr(health, "cooled_ids") else frozenset()
+        cooled = health.cooled_ids() if health is not None else frozenset()
         latency = ({e.id: health.live_fields(e.id).get("latency_ms") for e in d.catalog.entries}
                    if health is not None and d.policy.reads("latency_ms") else {})
         r = d.request
         req = (r.model, r.prompt_tokens, r.max_tokens, r.tools, r.vision, r.stream)
-        live = (pid, ir, version, rows, req, d.order, d.costs, cooled, latency)
+        live = CompactDecision(pid, ir, version, rows, req, d.order, d.costs, frozenset(cooled), latency)
         return ("live", fields, live), (pid if ir is not None else None), (version if rows is not None else None)
 
     # -- control ------------------------------------------------------------------------
@@ -185,15 +200,14 @@ def _child_main(store_path: str, options: dict[str, Any], q: Any, replies: Any, 
             with shared.get_lock():
                 shared.value = blob
 
-    def rebuild(live: tuple[Any, ...]) -> Any:
-        pid, ir, version, rows, req, order, costs, cooled, latency = live
-        if rows is not None and version not in catalogs:
-            catalogs[version] = parse_catalog(rows, f"<catalog {version}>")
-        catalog = catalogs[version]
-        if ir is not None and pid not in policies:
-            policies[pid] = parse_policy(ir, catalog.registry)
-        return Decision(policies[pid], catalog, RequestProfile(*req), order, costs,
-                        SnapshotHealth(cooled, latency))
+    def rebuild(live: CompactDecision) -> Decision:
+        if live.catalog_rows is not None and live.catalog_version not in catalogs:
+            catalogs[live.catalog_version] = parse_catalog(live.catalog_rows, f"<catalog {live.catalog_version}>")
+        catalog = catalogs[live.catalog_version]
+        if live.policy_ir is not None and live.policy_id not in policies:
+            policies[live.policy_id] = parse_policy(live.policy_ir, catalog.registry)
+        return Decision(policies[live.policy_id], catalog, RequestProfile(*live.request), live.order, live.costs,
+                        SnapshotHealth(live.cooled, live.latency))
 
     while True:
         try:
@@ -205,7 +219,7 @@ def _child_main(store_path: str, options: dict[str, Any], q: Any, replies: Any, 
         if kind in ("rec", "live"):
             fields, payload = item[1], item[2]
             try:
-                decision = rebuild(payload) if kind == "live" else payload
+                decision = rebuild(payload) if kind == "live" else None
             except Exception:  # noqa: BLE001 - an unknown policy/catalog: count it, keep going
                 rejected += 1
             else:

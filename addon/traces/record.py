@@ -7,10 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..policy import Decision
+
 
 @dataclass(frozen=True)
 class TraceRecord:
-    """One request as the addon saw it. `decision` is `Decision.to_dict()` or None."""
+    """One request as the addon saw it: the Decision (None when the request failed before
+    one was made), the attempts, the outcome and, unless `no_log`, the payloads."""
 
     trace_id: str
     ts: float
@@ -25,7 +28,7 @@ class TraceRecord:
     ttfb_ms: float | None = None
     usage: Mapping[str, Any] | None = None
     actual_cost: float | None = None
-    decision: Any = None  # Decision (to_dict() is called by the writer) or its dict form
+    decision: Decision | None = None
     attempts: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     request_body: bytes | str | None = None
     response_body: bytes | str | None = None

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ..policy import static_failures
+from ..policy import Decision, Failure, static_failures
 from .record import TraceRecord
 
 CANDIDATE_COLUMNS = ("entry_id", "provider", "model", "passed", "failed_index", "failed_clause_id",
@@ -124,28 +124,31 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+_StaticParts = tuple[str | None, str | None, dict[int, tuple[Any, ...]]]
+
+
 class DecisionParts:
     """What a Decision contributes to the rows, with the parts that only depend on
     (policy, catalog) dumped and scrubbed once: the canonical policy, its clauses, and
     the request-independent failures (most of the candidates table)."""
 
-    def __init__(self, memo: MutableMapping[Any, Any]) -> None:
+    def __init__(self, memo: MutableMapping[tuple[str, str], _StaticParts]) -> None:
         self.memo = memo
 
-    def _static(self, d: Any) -> tuple[str | None, str | None, dict[int, tuple[Any, ...]]]:
+    def _static(self, d: Decision) -> _StaticParts:
         key = (d.policy.identity, d.catalog.version)
         hit = self.memo.get(key)
         if hit is None:
             summary = {k: v for k, v in d.policy.summary().items() if k != "canonical"}
             fails = {i: self._failure(f) for i, f in static_failures(d.policy, d.catalog).items()}
             hit = self.memo[key] = (dumps_json(d.policy.canonical), dumps_json(summary), fails)
-        return hit  # type: ignore[no-any-return]  # (the memo holds what this method stored)
+        return hit
 
     @staticmethod
-    def _failure(f: Any) -> tuple[Any, ...]:
+    def _failure(f: Failure) -> tuple[Any, ...]:
         return (f.index, scrub(f.id), dumps_json(f.rule), f.field, dumps_json(f.value))
 
-    def rows(self, d: Any, trace_id: str) -> tuple[str | None, str, list[list[Any]], dict[str, Any]]:
+    def rows(self, d: Decision) -> tuple[str | None, str, list[list[Any]], dict[str, Any]]:
         """(policy column, decision column, candidate entries (CANDIDATE_COLUMNS), {entry id: ranked dict})."""
         policy_json, summary_json, fails = self._static(d)
         ranked = [r.to_dict() for r in d.ranked]
@@ -159,119 +162,61 @@ class DecisionParts:
             r = by_id.get(entry.id)
             entries.append([entry.id, entry.provider, entry.model, int(f is None), *parts,
                             rank.get(entry.id), r["est_cost"] if r else None])
+        # The decision column is `Decision.to_dict()` without what other columns hold (the
+        # candidates, the canonical policy), assembled from pre-dumped parts.
         rest = ('{"catalog_version":%s,"fallback":%s,"policy":%s,"ranked":%s,"request":%s,"selected":%s}' % (
             _dumps(d.catalog.version), _dumps([r.entry.id for r in d.fallback]), summary_json,
             dumps_json(ranked), dumps_json(d.request.to_dict()), _dumps(ranked[0]["id"] if ranked else None)))
+        if _maybe_secret(rest):
+            rest = dumps_json(json.loads(rest)) or rest
         return policy_json, rest, entries, by_id
 
 
+_JSON_COLUMNS = ("policy", "decision", "error")  # scrubbed structurally, by dumps_json
+
+
 def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Split one record into the rows of each table, enforcing no_log and scrubbing."""
+    """Split one record into the rows of each table, enforcing no_log and scrubbing.
+
+    `parts` carries what traces of one (policy, catalog) share across calls; the
+    Decision is materialised here, in a writer, not on the proxy's event loop."""
     request, response = _text(rec.request_body), _text(rec.response_body)
-    decision, error = rec.decision, rec.error
-    if decision is not None and hasattr(decision, "to_dict"):
-        # The addon hands over the Decision itself: it is materialised here, in the
-        # writer thread, not on the proxy's event loop.
-        if parts is not None and not (rec.no_log and (request or response)):
-            return _rows_from_decision(rec, decision, parts, request, response)
-        decision = decision.to_dict()
-    if rec.no_log:
-        hidden = _payload_strings(request) | _payload_strings(response)
-        if hidden:
-            decision, error = _without(decision, hidden), _without(error, hidden)
-        request = response = None
-    d: Mapping[str, Any] = decision or {}
-    policy, req = d.get("policy") or {}, d.get("request") or {}
-    ranked = list(d.get("ranked") or [])
-    by_id = {c.get("id"): c for c in [*(d.get("candidates") or []), *ranked]}
-    won = [a for a in rec.attempts if isinstance(a.get("status"), int) and a["status"] < 400]
-    chosen_id = won[-1].get("entry") if won else d.get("selected")
-    chosen = by_id.get(chosen_id or "") or (won[-1] if won else {})
-    usage = rec.usage or {}
-    rest = {k: v for k, v in d.items() if k != "candidates"}
-    if "policy" in rest:
-        rest["policy"] = {k: v for k, v in policy.items() if k != "canonical"}
-    row: dict[str, Any] = {
-        "trace_id": rec.trace_id, "ts": rec.ts, "tenant": rec.tenant,
-        "fingerprint": policy.get("fingerprint", rec.fingerprint),
-        "digest": policy.get("digest", rec.digest),
-        "policy": dumps_json(policy.get("canonical")),
-        "catalog_version": d.get("catalog_version"),
-        "requested_model": req.get("model", rec.requested_model),
-        "chosen_entry": chosen_id, "chosen_model": chosen.get("model"),
-        "chosen_provider": chosen.get("provider"),
-        "status": rec.status, "outcome": rec.outcome, "disposition": rec.disposition,
-        "latency_ms": rec.latency_ms, "ttfb_ms": rec.ttfb_ms,
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": usage.get("completion_tokens"),
-        "est_cost": by_id.get(chosen_id or "", {}).get("est_cost"), "actual_cost": rec.actual_cost,
-        "attempts_count": len(rec.attempts), "no_log": int(rec.no_log),
-        "stream": int(rec.stream), "mode": rec.mode,
-        "decision": dumps_json(rest) if decision is not None else None,
-        "error": dumps_json(error),
-    }
-    rank = {r.get("id"): i for i, r in enumerate(ranked, start=1)}
-    candidates = []
-    for c in d.get("candidates") or []:
-        failed = c.get("failed") or {}
-        candidates.append({
-            "trace_id": rec.trace_id, "entry_id": c.get("id"), "provider": c.get("provider"),
-            "model": c.get("model"), "passed": int(bool(c.get("passed"))),
-            "failed_index": failed.get("index"), "failed_clause_id": failed.get("id"),
-            "failed_rule": dumps_json(failed.get("rule")), "failed_field": failed.get("field"),
-            "failed_value": dumps_json(failed.get("value")) if "value" in failed else None,
-            "rank": rank.get(c.get("id")), "est_cost": by_id.get(c.get("id"), {}).get("est_cost"),
-        })
-    attempts = [{"trace_id": rec.trace_id, "n": n, "entry_id": a.get("entry"),
-                 "provider": a.get("provider"), "model": a.get("model"),
-                 "status": a.get("status"), "error_class": a.get("error_class"),
-                 "duration_ms": a.get("duration_ms")} for n, a in enumerate(rec.attempts, 1)]
-    payloads = ([{"trace_id": rec.trace_id, "request": request, "response": response}]
-                if request is not None or response is not None else [])
-    scrubbed = {"decisions": [row], "attempts": attempts, "payloads": payloads}
-    json_cols = {"policy", "decision", "error"}
-    for rows in scrubbed.values():
-        for r in rows:  # JSON columns were scrubbed structurally by dumps_json
-            texts = [v for k, v in r.items() if isinstance(v, str) and k not in json_cols]
-            if texts and _maybe_secret("\n".join(texts)):  # one search per row, not per column
-                for k, v in r.items():
-                    if isinstance(v, str) and k not in json_cols:
-                        r[k] = scrub(v)
-    entries = [[c[k] for k in CANDIDATE_COLUMNS] for c in candidates]
-    scrubbed["candidate_sets"] = _candidate_sets(rec.trace_id, entries)
-    return scrubbed
-
-
-def _candidate_sets(trace_id: str, entries: list[list[Any]]) -> list[dict[str, Any]]:
-    """The `candidates` of one trace as one row: a JSON array of CANDIDATE_COLUMNS arrays
-    (the `candidates` view unpacks it). One row instead of one per catalog entry halves
-    what a trace costs to write."""
-    if not entries:
-        return []
-    return [{"trace_id": trace_id, "entries": dumps_json(entries)}]
-
-
-def _rows_from_decision(rec: TraceRecord, d: Any, parts: DecisionParts, request: str | None,
-                        response: str | None) -> dict[str, list[dict[str, Any]]]:
-    """record_rows for a live Decision: the same rows, without the dict round trip."""
-    policy_json, rest, entries, by_id = parts.rows(d, rec.trace_id)
-    won = [a for a in rec.attempts if isinstance(a.get("status"), int) and a["status"] < 400]
-    chosen_id = won[-1].get("entry") if won else (d.selected.entry.id if d.order else None)
-    chosen = by_id.get(chosen_id or "") or (won[-1] if won else {})
-    usage = rec.usage or {}
+    error, d = rec.error, rec.decision
+    # A no_log record keeps no payload, nor any string of it echoed elsewhere (an error
+    # message quoting the prompt, a clause id copied from it).
+    hidden = _payload_strings(request) | _payload_strings(response) if rec.no_log else set()
     if rec.no_log:
         request = response = None
+    entries: list[list[Any]] = []
+    by_id: dict[str, Any] = {}
+    policy_json = decision_json = None
+    chosen_default = None
+    fingerprint, digest, catalog_version, requested = rec.fingerprint, rec.digest, None, rec.requested_model
+    if d is not None:
+        policy_json, decision_json, entries, by_id = (parts or DecisionParts({})).rows(d)
+        chosen_default = d.catalog.entries[d.order[0]].id if d.order else None
+        fingerprint, digest = d.policy.fingerprint, d.policy.digest
+        catalog_version, requested = d.catalog.version, d.request.model
+    if hidden:
+        error = _without(error, hidden)
+        entries = _without(entries, hidden)
+        policy_json, decision_json = (None if text is None else dumps_json(_without(json.loads(text), hidden))
+                                      for text in (policy_json, decision_json))
+    won = [a for a in rec.attempts if isinstance(a.get("status"), int) and a["status"] < 400]
+    chosen_id = won[-1].get("entry") if won else chosen_default
+    chosen = by_id.get(chosen_id or "") or (won[-1] if won else {})
+    usage = rec.usage or {}
     row: dict[str, Any] = {
         "trace_id": rec.trace_id, "ts": rec.ts, "tenant": rec.tenant,
-        "fingerprint": d.policy.fingerprint, "digest": d.policy.digest, "policy": policy_json,
-        "catalog_version": d.catalog.version, "requested_model": d.request.model,
+        "fingerprint": fingerprint, "digest": digest, "policy": policy_json,
+        "catalog_version": catalog_version, "requested_model": requested,
         "chosen_entry": chosen_id, "chosen_model": chosen.get("model"), "chosen_provider": chosen.get("provider"),
         "status": rec.status, "outcome": rec.outcome, "disposition": rec.disposition,
         "latency_ms": rec.latency_ms, "ttfb_ms": rec.ttfb_ms,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
         "est_cost": by_id.get(chosen_id or "", {}).get("est_cost"), "actual_cost": rec.actual_cost,
         "attempts_count": len(rec.attempts), "no_log": int(rec.no_log), "stream": int(rec.stream),
-        "mode": rec.mode, "decision": rest, "error": dumps_json(rec.error),
+        "mode": rec.mode, "decision": decision_json, "error": dumps_json(error),
     }
     attempts = [{"trace_id": rec.trace_id, "n": n, "entry_id": a.get("entry"), "provider": a.get("provider"),
                  "model": a.get("model"), "status": a.get("status"), "error_class": a.get("error_class"),
@@ -281,15 +226,22 @@ def _rows_from_decision(rec: TraceRecord, d: Any, parts: DecisionParts, request:
     # Candidate rows hold catalog values and pre-scrubbed policy parts; the rest is
     # per request and may carry anything the app sent.
     for r in (row, *attempts, *payloads):
-        texts = [v for k, v in r.items() if isinstance(v, str) and k not in ("policy", "decision", "error")]
-        if texts and _maybe_secret("\n".join(texts)):
+        texts = [v for k, v in r.items() if isinstance(v, str) and k not in _JSON_COLUMNS]
+        if texts and _maybe_secret("\n".join(texts)):  # one search per row, not per column
             for k, v in r.items():
-                if isinstance(v, str) and k not in ("policy", "decision", "error"):
+                if isinstance(v, str) and k not in _JSON_COLUMNS:
                     r[k] = scrub(v)
-    if _maybe_secret(rest):
-        row["decision"] = dumps_json(json.loads(rest))
     return {"decisions": [row], "candidate_sets": _candidate_sets(rec.trace_id, entries),
             "attempts": attempts, "payloads": payloads}
+
+
+def _candidate_sets(trace_id: str, entries: list[list[Any]]) -> list[dict[str, Any]]:
+    """The `candidates` of one trace as one row: a JSON array of CANDIDATE_COLUMNS arrays
+    (the `candidates` view unpacks it). One row instead of one per catalog entry halves
+    what a trace costs to write."""
+    if not entries:
+        return []
+    return [{"trace_id": trace_id, "entries": dumps_json(entries)}]
 
 
 def loads_json(text: str | None) -> Any:

@@ -115,14 +115,6 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
 _CHILDREN = ("candidate_sets", "attempts", "payloads")
 
 
-def _catalog_version(decision: Any) -> str | None:
-    if decision is None:
-        return None
-    if hasattr(decision, "catalog"):
-        return decision.catalog.version
-    return decision.get("catalog_version")
-
-
 class TraceStore:
     """The trace database at `path` (created if missing, WAL mode, migrated on open).
 
@@ -187,8 +179,8 @@ class TraceStore:
                 tables[table].extend(rows)
         catalogs = {}
         for rec in records:
-            version = _catalog_version(rec.decision) if rec.catalog is not None else None
-            if version and version not in catalogs:
+            version = rec.decision.catalog.version if rec.decision is not None else None
+            if rec.catalog is not None and version and version not in catalogs:
                 catalogs[version] = (version, dumps_json(list(rec.catalog or ())), rec.ts)
         ids = [(r["trace_id"],) for r in tables["decisions"]]
         with self.db.atomic():
