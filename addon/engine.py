@@ -26,6 +26,7 @@ from .governance import POLICY_HEADER, TENANT_HEADER, has_routing_header
 from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
 from .policy.hints import catalog_warnings
+from .policy.ops import describe_fields
 from .providers import FORWARD_HEADERS, Providers
 from .reloading import ReloadingSource
 from .tenants.identify import Identification, TenantIndex, identify
@@ -303,7 +304,7 @@ class Engine:
         admin = self.is_admin(headers or {})
         try:
             if route == "/x/fields" and method == "GET":
-                return 200, {"fields": self.catalog.registry.to_list()}
+                return 200, {"fields": describe_fields(self.catalog.registry)}
             if route == "/x/catalog" and method == "GET":
                 cat = self.catalog
                 return 200, {"version": cat.version, "source": cat.source, "entries": cat.to_list(),

@@ -1,8 +1,9 @@
 """The field registry: which catalog fields a policy may name, with their types.
 
-Types drive validation (`cmp` only on numbers, `has` only on lists) and the
-`GET /x/fields` listing. Core fields are fixed; a catalog may add free-form
-extra fields, whose type is inferred from its values.
+Types drive validation (which operators apply to which type is the operator
+table's business: `policy/ops.py`) and the `GET /x/fields` listing. Core
+fields are fixed; a catalog may add free-form extra fields, whose type is
+inferred from its values.
 """
 
 from __future__ import annotations
@@ -13,14 +14,6 @@ from functools import cached_property
 from typing import Any, Literal
 
 FieldType = Literal["string", "number", "integer", "boolean", "list[string]"]
-
-OPERATORS: dict[str, tuple[str, ...]] = {
-    "string": ("eq", "ne", "in", "nin"),
-    "number": ("eq", "ne", "in", "nin", "cmp"),
-    "integer": ("eq", "ne", "in", "nin", "cmp"),
-    "boolean": ("eq", "ne"),
-    "list[string]": ("has",),
-}
 
 NUMERIC = ("number", "integer")
 
@@ -37,10 +30,6 @@ class Field:
     example: Any = None
     source: Literal["catalog", "request", "health", "extra"] = "catalog"
 
-    @property
-    def operators(self) -> tuple[str, ...]:
-        return OPERATORS[self.type]
-
     def accepts(self, value: Any) -> bool:
         """True if `value` is a legal scalar for this field (list fields take strings)."""
         if self.type in NUMERIC:
@@ -48,10 +37,6 @@ class Field:
         if self.type == "boolean":
             return isinstance(value, bool)
         return isinstance(value, str)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "description": self.description,
-                "operators": list(self.operators), "example": self.example, "source": self.source}
 
 
 CORE_FIELDS: tuple[Field, ...] = (
@@ -93,9 +78,6 @@ class FieldRegistry:
     def key(self) -> tuple[tuple[str, str], ...]:
         """Hashable identity, for caches keyed on (policy text, registry)."""
         return tuple(sorted((n, f.type) for n, f in self.fields.items()))
-
-    def to_list(self) -> list[dict[str, Any]]:
-        return [self.fields[n].to_dict() for n in self.names()]
 
 
 def infer_type(values: Iterable[Any]) -> FieldType | None:

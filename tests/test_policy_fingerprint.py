@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routecar.policy import fingerprint, parse_policy
-from routecar.policy.validate import SCHEMA
+from routecar.policy.ops import SCHEMA
 
 BASE: dict[str, Any] = {
     "schema": SCHEMA,

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from routecar.errors import InvalidPolicy
 from routecar.fields import DEFAULT_REGISTRY
 from routecar.policy import parse_policy
-from routecar.policy.validate import MAX_BYTES, MAX_CLAUSES, MAX_DEPTH, MAX_LIST, MAX_NODES, iter_errors
+from routecar.policy.ops import MAX_BYTES, MAX_CLAUSES, MAX_DEPTH, MAX_LIST, MAX_NODES
+from routecar.policy.validate import iter_errors
 
 R = DEFAULT_REGISTRY
 

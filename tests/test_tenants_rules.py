@@ -170,7 +170,7 @@ LOAD_ERRORS = [
     ([{"id": "a", "add": {"rule": []}}],
      "<memory>: rule 'a': add: unknown key(s) rule (expected some of: rules, no_log, rank, fallback)"),
     ([{"id": "a", "add": {"rules": [["gte", "bench_intelligence", 1]]}}],
-     "<memory>: rule 'a': add.rules[0][0]: unknown operator 'gte' (expected one of: eq, ne, has, in, nin, cmp, and, or, not)"),
+     "<memory>: rule 'a': add.rules[0][0]: unknown operator 'gte' (expected one of: eq, ne, in, nin, cmp, has, and, or, not)"),
     ([{"id": "a", "add": {"rules": [["and", ["eq", "region"]]]}}],
      "<memory>: rule 'a': add.rules[0][1]: eq takes 2 arguments, got 1"),
     ([{"id": "a", "add": {"rules": [["eq", "$field", "x"]]}}],

@@ -28,6 +28,7 @@ from ..errors import InvalidPolicy, RoutecarError
 from ..fields import FieldRegistry
 from ..policy import parse_policy
 from ..policy.hints import catalog_warnings
+from ..policy.ops import describe_fields
 from ..providers import DEFAULT_PROVIDERS
 from ..shipped import POLICIES
 from ..tenants.lookup import TenantLookup, check_store, open_tenants
@@ -146,7 +147,7 @@ def cmd_fields(args: argparse.Namespace) -> int:
     Example: routecar fields --catalog policies/catalog.yaml
     """
     catalog = load_catalog(args.catalog)
-    fields = catalog.registry.to_list()
+    fields = describe_fields(catalog.registry)
     if args.json:
         print(json.dumps(fields, indent=2, default=str))
         return 0

@@ -11,8 +11,9 @@ from __future__ import annotations
 from .cache import PolicyCache
 from .evaluate import (Decision, Failure, LiveHealth, Ranked, RequestProfile, est_cost, evaluate,
                        static_failures)
-from .model import Clause, Policy, combine, compile_expr, fingerprint, parse_policy
-from .validate import SCHEMA, PolicyErrorItem, iter_errors
+from .model import Clause, Policy, combine, fingerprint, parse_policy
+from .ops import SCHEMA, compile_expr
+from .validate import PolicyErrorItem, iter_errors
 
 __all__ = [
     "SCHEMA", "Clause", "Decision", "Failure", "LiveHealth", "Policy", "PolicyCache", "PolicyErrorItem",

@@ -4,75 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidPolicy
 from ..fields import DEFAULT_REGISTRY, DYNAMIC_FIELDS, FieldRegistry
-from .validate import DEFAULT_MAX_ATTEMPTS, MAX_CLAUSES, SCHEMA, Checked, canon_key, check, decode
-
-Row = Mapping[str, Any]
-Predicate = Callable[[Row], bool]
-
-TIE_BREAK = ("asc", "id")
-
-
-def _leaf(e: list[Any]) -> Predicate:
-    op, f = e[0], e[1]
-    if op == "eq":
-        v = e[2]
-        return lambda r: r.get(f) == v
-    if op == "ne":
-        v = e[2]
-        return lambda r: r.get(f) != v  # a missing value is "not equal"
-    if op in ("in", "nin"):
-        s = frozenset(e[2])
-        if op == "in":
-            return lambda r: r.get(f) in s
-        return lambda r: r.get(f) not in s
-    if op == "has":
-        v = e[2]
-        return lambda r: v in (r.get(f) or ())
-    cmp_op, n = e[2], e[3]
-
-    def test(r: Row) -> bool:
-        x = r.get(f)
-        if x is None:
-            return False
-        if cmp_op == "ge":
-            return x >= n
-        if cmp_op == "gt":
-            return x > n
-        if cmp_op == "le":
-            return x <= n
-        return x < n
-    return test
-
-
-def compile_expr(e: list[Any]) -> Predicate:
-    """A validated normal-form expression -> a predicate over an entry row."""
-    op = e[0]
-    if op in ("and", "or"):
-        parts = tuple(compile_expr(a) for a in e[1:])
-        if op == "and":
-            return lambda r: all(p(r) for p in parts)
-        return lambda r: any(p(r) for p in parts)
-    if op == "not":
-        inner = compile_expr(e[1])
-        return lambda r: not inner(r)
-    return _leaf(e)
-
-
-def expr_fields(e: list[Any]) -> tuple[str, ...]:
-    if e[0] in ("and", "or", "not"):
-        seen: dict[str, None] = {}
-        for a in e[1:]:
-            for f in expr_fields(a):
-                seen[f] = None
-        return tuple(seen)
-    return (e[1],)
-
+from .ops import (DEFAULT_MAX_ATTEMPTS, DEFAULT_RANK, MAX_CLAUSES, SCHEMA, TIE_BREAK, Predicate, Row, canon_key,
+                  compile_expr, expr_fields)
+from .validate import Checked, check, decode
 
 @dataclass(frozen=True, eq=False)
 class Clause:
@@ -195,7 +135,7 @@ def canonical_form(checked: Checked) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "rules": [rules[k] for k in sorted(rules)],
-        "rank": [list(k) for k in canonical_rank(checked.rank)],
+        "rank": [list(k) for k in canonical_rank(DEFAULT_RANK if checked.rank is None else checked.rank)],
         "fallback": {"max_attempts": checked.max_attempts},
         "no_log": checked.no_log,
     }
@@ -216,7 +156,7 @@ def build_policy(checked: Checked) -> Policy:
     written = json.dumps([sorted(checked.explicit), [[c.id, c.from_, c.rule] for c in checked.clauses]],
                          sort_keys=True, default=str)
     identity = digest + ":" + hashlib.sha256(written.encode()).hexdigest()[:16]
-    return Policy(clauses, canonical_rank(checked.rank), checked.max_attempts, checked.no_log,
+    return Policy(clauses, canonical_rank(DEFAULT_RANK if checked.rank is None else checked.rank), checked.max_attempts, checked.no_log,
                   canonical, digest, checked.explicit, identity=identity)
 
 

@@ -1,38 +1,29 @@
 """Validation of policy_ir v1: every error at once, as data with a path.
 
-Modelled on jsonschema: one small checker per operator in a lookup table,
-`iter_errors` yields all problems, the parser raises them together. Checkers
-also return the expression in normal form (numbers normalised, `in` lists
-sorted and de-duplicated) so the parser needs only one walk.
+Modelled on jsonschema: one small checker per operator in a lookup table (the
+operator table, `ops.OPS`), `iter_errors` yields all problems, the parser
+raises them together. Checkers also return the expression in normal form
+(numbers normalised, `in` lists sorted and de-duplicated) so the parser needs
+only one walk. Validation only says what is wrong: defaults (rank, fallback)
+are the model's business.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..fields import NUMERIC, FieldRegistry
+from ..fields import NUMERIC, Field, FieldRegistry
+from .ops import (CMP_OPS, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS, MAX_BYTES, MAX_CLAUSES, MAX_DEPTH, MAX_NODES,
+                  MAX_RANK_KEYS, MAX_STRING, OPS, SCHEMA, shown, type_name)
 from .spelling import meant_op, suggest, suggest_op
 
-SCHEMA = "sigma-pol/v1"
 TOP_KEYS = ("schema", "rules", "rank", "fallback", "no_log")
 CLAUSE_KEYS = ("id", "rule", "from")
-EXPR_OPS = ("eq", "ne", "in", "nin", "cmp", "has", "and", "or", "not")
-CMP_OPS = ("ge", "gt", "le", "lt")
 RANK_DIRS = ("asc", "desc")
-
-MAX_BYTES = 64 * 1024
-MAX_CLAUSES = 64
-MAX_DEPTH = 12
-MAX_NODES = 1024
-MAX_LIST = 256
-MAX_STRING = 256
-MAX_ATTEMPTS = 10
-DEFAULT_MAX_ATTEMPTS = 3
-MAX_RANK_KEYS = 16
 
 
 @dataclass(frozen=True)
@@ -44,38 +35,11 @@ class PolicyErrorItem:
         return {"path": self.path, "message": self.message}
 
 
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "list"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
-
-
-def _shown(v: Any) -> str:
-    """A user-given value for an error message: short strings quoted, anything else by type."""
-    if isinstance(v, str):
-        return repr(v if len(v) <= 64 else v[:64] + "...")
-    return _type_name(v)
-
-
 def norm_number(v: int | float) -> int | float:
     """1.0 -> 1, -0.0 -> 0: equal numbers get one canonical spelling."""
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return v
-
-
-def canon_key(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Walk:
@@ -103,148 +67,58 @@ class _Walk:
             self.err(path, f"expression nested deeper than {MAX_DEPTH} levels")
             return None
         if not isinstance(e, list) or not e:
-            got = "an empty list" if isinstance(e, list) else _type_name(e)
+            got = "an empty list" if isinstance(e, list) else type_name(e)
             self.err(path, f"an expression is a non-empty list like [\"eq\", field, value], got {got}")
             return None
         op = e[0]
         if not isinstance(op, str):
-            self.err(f"{path}[0]", f"operator must be a string, got {_type_name(op)}")
+            self.err(f"{path}[0]", f"operator must be a string, got {type_name(op)}")
             return None
-        check = _CHECKERS.get(op)
-        if check is None:
-            comparison = meant_op(op, CMP_OPS) if op.strip().lower().lstrip("$") not in EXPR_OPS else None
+        spec = OPS.get(op)
+        if spec is None:
+            comparison = meant_op(op, CMP_OPS) if op.strip().lower().lstrip("$") not in OPS else None
             if comparison and len(e) == 3:  # ["gte", field, 0.5]: comparisons are spelt with "cmp"
-                self.err(f"{path}[0]", f"unknown operator {_shown(op)}: comparisons are written "
+                self.err(f"{path}[0]", f"unknown operator {shown(op)}: comparisons are written "
                                        f"[\"cmp\", field, \"{comparison}\", number]")
             else:
-                self.err(f"{path}[0]", f"unknown operator {_shown(op)}{suggest_op(op, EXPR_OPS)}; "
-                                       f"operators: {' '.join(EXPR_OPS)}")
+                self.err(f"{path}[0]", f"unknown operator {shown(op)}{suggest_op(op, OPS)}; "
+                                       f"operators: {' '.join(OPS)}")
             return None
-        return check(self, e, path, depth)
+        return spec.check(self, e, path, depth)
 
-    def field(self, e: list[Any], path: str, op: str, arity: int, usage: str):
+    def field(self, e: list[Any], path: str, op: str) -> Field | None:
         """Common head of a leaf operator: arity and the field name. Returns the Field or None."""
+        spec = OPS[op]
+        arity = spec.arity or 0
         if len(e) != arity:
-            self.err(path, f"{op!r} takes {arity - 1} arguments ({usage}), got {len(e) - 1}")
+            self.err(path, f"{op!r} takes {arity - 1} arguments ({spec.usage}), got {len(e) - 1}")
             return None
         name = e[1]
         if not isinstance(name, str):
-            self.err(f"{path}[1]", f"field name must be a string, got {_type_name(name)}")
+            self.err(f"{path}[1]", f"field name must be a string, got {type_name(name)}")
             return None
         f = self.registry.get(name)
         if f is None:
-            self.err(f"{path}[1]", f"unknown field {_shown(name)}{suggest(name, self.registry.names())}")
+            self.err(f"{path}[1]", f"unknown field {shown(name)}{suggest(name, self.registry.names())}")
             return None
-        if op not in f.operators:
+        if f.type not in spec.field_types:
             hint = " (use 'has')" if f.type == "list[string]" else ""
             self.err(path, f"operator {op!r} does not apply to field {name!r} of type {f.type}{hint}")
             return None
         return f
 
-    def value(self, f, v: Any, path: str) -> tuple[bool, Any]:
+    def value(self, f: Field, v: Any, path: str) -> tuple[bool, Any]:
         if isinstance(v, float) and not math.isfinite(v):
             self.err(path, f"value for {f.name!r} must be a finite number")
             return False, None
         if not f.accepts(v):
             want = "string" if f.type == "list[string]" else f.type
-            self.err(path, f"value for {f.name!r} must be a {want}, got {_type_name(v)}")
+            self.err(path, f"value for {f.name!r} must be a {want}, got {type_name(v)}")
             return False, None
         if isinstance(v, str) and len(v) > MAX_STRING:
             self.err(path, f"string longer than {MAX_STRING} characters")
             return False, None
         return True, (norm_number(v) if f.type in NUMERIC else v)
-
-
-def _eq(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
-    f = w.field(e, path, e[0], 3, "field, value")
-    if f is None:
-        return None
-    ok, v = w.value(f, e[2], f"{path}[2]")
-    return [e[0], f.name, v] if ok else None
-
-
-def _in(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
-    f = w.field(e, path, e[0], 3, "field, [values]")
-    if f is None:
-        return None
-    vals = e[2]
-    if not isinstance(vals, list):
-        w.err(f"{path}[2]", f"{e[0]!r} needs a list of values, got {_type_name(vals)}")
-        return None
-    if not vals:
-        w.err(f"{path}[2]", f"{e[0]!r} needs at least one value")
-        return None
-    if len(vals) > MAX_LIST:
-        w.err(f"{path}[2]", f"list longer than {MAX_LIST} values")
-        return None
-    out, ok = [], True
-    for i, v in enumerate(vals):
-        good, nv = w.value(f, v, f"{path}[2][{i}]")
-        ok &= good
-        out.append(nv)
-    if not ok:
-        return None
-    uniq = {canon_key(v): v for v in out}
-    return [e[0], f.name, [uniq[k] for k in sorted(uniq)]]
-
-
-def _cmp(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
-    f = w.field(e, path, "cmp", 4, "field, op, number")
-    if f is None:
-        return None
-    op, ok = e[2], True
-    if not isinstance(op, str):
-        w.err(f"{path}[2]", f"comparison must be a string, one of ge, gt, le, lt, got {_type_name(op)}")
-        ok = False
-    elif op not in CMP_OPS:
-        w.err(f"{path}[2]", f"unknown comparison {_shown(op)}{suggest_op(op, CMP_OPS)}; use one of ge, gt, le, lt")
-        ok = False
-    good, v = w.value(f, e[3], f"{path}[3]")
-    return ["cmp", f.name, op, v] if ok and good else None
-
-
-def _has(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
-    f = w.field(e, path, "has", 3, "field, value")
-    if f is None:
-        return None
-    ok, v = w.value(f, e[2], f"{path}[2]")
-    return ["has", f.name, v] if ok else None
-
-
-def _andor(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
-    op = e[0]
-    if len(e) < 2:
-        w.err(path, f"{op!r} needs at least one expression")
-        return None
-    if len(e) - 1 > MAX_LIST:
-        w.err(path, f"{op!r} with more than {MAX_LIST} expressions")
-        return None
-    args = [w.expr(a, f"{path}[{i}]", depth + 1) for i, a in enumerate(e[1:], start=1)]
-    if any(a is None for a in args):
-        return None
-    flat: dict[str, Any] = {}
-    for a in args:  # flatten nested same-op, sort and de-duplicate: and/or are commutative
-        for x in (a[1:] if a[0] == op else [a]):
-            flat[canon_key(x)] = x
-    if len(flat) == 1:
-        return next(iter(flat.values()))
-    return [op, *(flat[k] for k in sorted(flat))]
-
-
-def _not(w: _Walk, e: list[Any], path: str, depth: int) -> Any:
-    if len(e) != 2:
-        w.err(path, f"'not' takes 1 expression, got {len(e) - 1}")
-        return None
-    inner = w.expr(e[1], f"{path}[1]", depth + 1)
-    if inner is None:
-        return None
-    return inner[1] if inner[0] == "not" else ["not", inner]
-
-
-_CHECKERS: dict[str, Callable[[_Walk, list[Any], str, int], Any]] = {
-    "eq": _eq, "ne": _eq, "in": _in, "nin": _in, "cmp": _cmp, "has": _has,
-    "and": _andor, "or": _andor, "not": _not,
-}
 
 
 @dataclass(frozen=True)
@@ -259,7 +133,7 @@ class CheckedClause:
 @dataclass(frozen=True)
 class Checked:
     clauses: tuple[CheckedClause, ...]
-    rank: tuple[tuple[str, str], ...]
+    rank: tuple[tuple[str, str], ...] | None  # None: not given (the model applies the default)
     max_attempts: int
     no_log: bool
     explicit: frozenset[str]
@@ -307,11 +181,11 @@ def _rank(w: _Walk, rank: Any) -> tuple[tuple[str, str], ...]:
             w.err(f"{p}[0]", f"sort direction must be 'asc' or 'desc'{suggest(d, RANK_DIRS) if isinstance(d, str) else ''}")
             continue
         if not isinstance(name, str):
-            w.err(f"{p}[1]", f"field name must be a string, got {_type_name(name)}")
+            w.err(f"{p}[1]", f"field name must be a string, got {type_name(name)}")
             continue
         f = w.registry.get(name)
         if f is None:
-            w.err(f"{p}[1]", f"unknown field {_shown(name)}{suggest(name, w.registry.names())}")
+            w.err(f"{p}[1]", f"unknown field {shown(name)}{suggest(name, w.registry.names())}")
             continue
         if f.type == "list[string]":
             w.err(f"{p}[1]", f"cannot sort by list field {name!r}")
@@ -324,18 +198,18 @@ def check(obj: Any, registry: FieldRegistry) -> tuple[list[PolicyErrorItem], Che
     """Validate a decoded policy. Returns (errors, checked); checked is None when errors."""
     w = _Walk(registry)
     if not isinstance(obj, Mapping):
-        w.err("$", f"a policy is a JSON object, got {_type_name(obj)}")
+        w.err("$", f"a policy is a JSON object, got {type_name(obj)}")
         return w.errors, None
     for k in obj:
         if k not in TOP_KEYS:
             w.err(str(k), f"unknown key {k!r}{suggest(str(k), TOP_KEYS)}")
     schema = obj.get("schema", SCHEMA)
     if schema != SCHEMA:
-        w.err("schema", f"unsupported schema {_shown(schema)}; this routecar reads {SCHEMA!r}")
+        w.err("schema", f"unsupported schema {shown(schema)}; this routecar reads {SCHEMA!r}")
     rules = obj.get("rules", [])
     clauses: list[CheckedClause] = []
     if not isinstance(rules, list):
-        w.err("rules", f"rules must be a list of clauses, got {_type_name(rules)}")
+        w.err("rules", f"rules must be a list of clauses, got {type_name(rules)}")
     elif len(rules) > MAX_CLAUSES:
         w.err("rules", f"too many clauses: {len(rules)} > {MAX_CLAUSES}")
     else:
@@ -343,11 +217,11 @@ def check(obj: Any, registry: FieldRegistry) -> tuple[list[PolicyErrorItem], Che
             cc = _clause(w, i, c)
             if cc is not None:
                 clauses.append(cc)
-    rank = _rank(w, obj["rank"]) if "rank" in obj else (("asc", "est_cost"), ("desc", "bench_intelligence"))
+    rank = _rank(w, obj["rank"]) if "rank" in obj else None
     max_attempts = DEFAULT_MAX_ATTEMPTS
     fb = obj.get("fallback", {})
     if not isinstance(fb, Mapping):
-        w.err("fallback", f"fallback must be an object like {{\"max_attempts\": 3}}, got {_type_name(fb)}")
+        w.err("fallback", f"fallback must be an object like {{\"max_attempts\": 3}}, got {type_name(fb)}")
     else:
         for k in fb:
             if k != "max_attempts":
@@ -361,7 +235,7 @@ def check(obj: Any, registry: FieldRegistry) -> tuple[list[PolicyErrorItem], Che
             max_attempts = ma
     no_log = obj.get("no_log", False)
     if not isinstance(no_log, bool):
-        w.err("no_log", f"no_log must be true or false, got {_type_name(no_log)}")
+        w.err("no_log", f"no_log must be true or false, got {type_name(no_log)}")
     if w.errors:
         return w.errors, None
     explicit = frozenset(k for k in ("rank", "fallback", "no_log") if k in obj)
@@ -380,7 +254,7 @@ def decode(source: str | bytes | Mapping[str, Any]) -> tuple[Any, list[PolicyErr
         except UnicodeDecodeError:
             return None, [PolicyErrorItem("$", "policy is not valid UTF-8")]
     if not isinstance(source, str):
-        return None, [PolicyErrorItem("$", f"a policy is a JSON object, got {_type_name(source)}")]
+        return None, [PolicyErrorItem("$", f"a policy is a JSON object, got {type_name(source)}")]
     if len(source) > MAX_BYTES:
         return None, [PolicyErrorItem("$", f"policy larger than {MAX_BYTES} bytes")]
     try:

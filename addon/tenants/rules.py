@@ -25,9 +25,9 @@ import yaml
 from ..errors import ConfigError, InvalidPolicy
 from ..fields import FieldRegistry
 from ..policy import Policy, parse_policy
+from ..policy.ops import OPS, SCHEMA
 from .table import Tenant
 
-SCHEMA = "sigma-pol/v1"
 # `from` of every clause compiled from a tenant rule: `rule:<rule id>`. Reserved: a request's
 # own clauses may not claim it (engine.check_request_origins).
 RULE_ORIGIN = "rule:"
@@ -141,32 +141,25 @@ def _parse_when(when: Any) -> tuple[tuple[str, str, Any], ...]:
 
 
 # --- policy_ir expressions with $references ---------------------------------
-# Value slots and the kind of value each needs: "scalar", "list" or "number".
-_SLOTS: dict[str, dict[int, str]] = {
-    "eq": {2: "scalar"}, "ne": {2: "scalar"}, "has": {2: "scalar"},
-    "in": {2: "list"}, "nin": {2: "list"}, "cmp": {3: "number"},
-}
-_ARITY = {"eq": 3, "ne": 3, "has": 3, "in": 3, "nin": 3, "cmp": 4, "not": 2}
-
+# Which positions hold values (and of what kind) is the operator table's (ops.OPS).
 
 def _check_expr(expr: Any, path: str) -> None:
     """Structural check at load; the policy core does the full validation per tenant."""
     if not isinstance(expr, list) or not expr or not isinstance(expr[0], str):
         raise ValueError(f"{path}: expected an expression like [\"eq\", field, value], got {json.dumps(expr)}")
-    op = expr[0]
-    if op in ("and", "or", "not"):
-        if op == "not" and len(expr) != 2 or len(expr) < 2:
-            raise ValueError(f"{path}: {op} needs {'one expression' if op == 'not' else 'expressions'}")
+    op, spec = expr[0], OPS.get(expr[0])
+    if spec is None:
+        raise ValueError(f"{path}[0]: unknown operator {op!r} (expected one of: {', '.join(OPS)})")
+    if spec.logical:
+        if spec.arity is not None and len(expr) != spec.arity or len(expr) < 2:
+            raise ValueError(f"{path}: {op} needs {'one expression' if spec.arity == 2 else 'expressions'}")
         for i, sub in enumerate(expr[1:], 1):
             _check_expr(sub, f"{path}[{i}]")
         return
-    if op not in _SLOTS:
-        raise ValueError(f"{path}[0]: unknown operator {op!r} (expected one of: "
-                         f"{', '.join([*_SLOTS, 'and', 'or', 'not'])})")
-    if len(expr) != _ARITY[op]:
-        raise ValueError(f"{path}: {op} takes {_ARITY[op] - 1} arguments, got {len(expr) - 1}")
-    for i, arg in enumerate(expr[1:-1] if op != "cmp" else expr[1:3], 1):
-        if isinstance(arg, str) and arg.startswith("$"):
+    if len(expr) != spec.arity:
+        raise ValueError(f"{path}: {op} takes {(spec.arity or 0) - 1} arguments, got {len(expr) - 1}")
+    for i, arg in enumerate(expr[1:], 1):
+        if i not in spec.slots and isinstance(arg, str) and arg.startswith("$"):
             raise ValueError(f"{path}[{i}]: $references are only allowed in value positions")
 
 
@@ -200,9 +193,9 @@ def _resolve(value: Any, kind: str, ctx: _Ctx, path: str) -> Any:
 
 def _substitute(expr: Any, ctx: _Ctx, path: str) -> Any:
     op = expr[0]
-    if op in ("and", "or", "not"):
+    if OPS[op].logical:
         return [op, *(_substitute(sub, ctx, f"{path}[{i}]") for i, sub in enumerate(expr[1:], 1))]
-    slots = _SLOTS[op]
+    slots = OPS[op].slots
     return [_resolve(arg, slots[i], ctx, f"{path}[{i}]") if i in slots else arg
             for i, arg in enumerate(expr)]
 
