@@ -20,8 +20,8 @@ from cachetools import LRUCache
 
 from .bodies import loads_strict
 from .catalog import Catalog, CatalogEntry
-from .errors import (AdminTokenRequired, BadRequest, ConfigError, InvalidPolicy, NoCandidate, PayloadTooLarge,
-                     RoutecarError, UnknownTenant)
+from .errors import (AdminTokenRequired, BadRequest, ConfigError, InvalidPolicy, MethodNotAllowed, NoCandidate,
+                     PayloadTooLarge, RoutecarError, UnknownEndpoint, UnknownTenant)
 from .governance import POLICY_HEADER, TENANT_HEADER, has_routing_header
 from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
@@ -319,13 +319,10 @@ class Engine:
                                              "(Authorization: Bearer <token> or X-Routecar-Token)")
                 return 200, self.rank(payload)
             if route in ("/x/fields", "/x/catalog", "/x/healthz", "/x/rank"):
-                raise BadRequest(f"{method} not allowed on {route}")
-            raise BadRequest(f"unknown endpoint {route}: try /x/fields, /x/rank, /x/catalog, /x/healthz")
+                raise MethodNotAllowed(f"{method} not allowed on {route}")
+            raise UnknownEndpoint(f"unknown endpoint {route}: try /x/fields, /x/rank, /x/catalog, /x/healthz")
         except RoutecarError as e:
-            status = 404 if e.message.startswith("unknown endpoint") else e.status
-            if "not allowed" in e.message:
-                status = 405
-            return status, e.to_openai()
+            return e.status, e.to_openai()
 
     async def dry_run_async(self, method: str, path: str, raw: bytes | None,
                             extra_health: Callable[[], Mapping[str, Any]] | None = None,

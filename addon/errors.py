@@ -12,7 +12,9 @@
     ├── AdminTokenRequired             401 admin_token_required (/x/ details without the operator token)
     ├── BadRequest                     400 invalid_request  (malformed body or routing header)
     │   ├── PayloadTooLarge            413 request_too_large (also once decoded: a compression bomb)
-    │   └── UnsupportedEncoding        415 unsupported_encoding (a request Content-Encoding not decoded)
+    │   ├── UnsupportedEncoding        415 unsupported_encoding (a request Content-Encoding not decoded)
+    │   ├── UnknownEndpoint            404 invalid_request  (no such /x/ endpoint)
+    │   └── MethodNotAllowed           405 invalid_request  (an /x/ endpoint, another method)
     ├── MissingProviderKey             500 provider_key_missing (names the env var, never the key)
     ├── UpstreamFailed                 502 upstream_failed  (.attempts: each attempt's outcome)
     └── ShuttingDown                   503 shutting_down    (still running at the drain deadline)
@@ -178,6 +180,14 @@ class PayloadTooLarge(BadRequest):
 class UnsupportedEncoding(BadRequest):
     status = 415
     code = "unsupported_encoding"
+
+
+class UnknownEndpoint(BadRequest):
+    status = 404
+
+
+class MethodNotAllowed(BadRequest):
+    status = 405
 
 
 class MissingProviderKey(RoutecarError):

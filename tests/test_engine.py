@@ -359,6 +359,9 @@ def test_dry_run_fields_catalog_healthz(engine):
     ("POST", "/x/rank", b"{bad", 400, "invalid_request"),
     ("POST", "/x/rank", b"{}", 400, "invalid_policy"),
     ("POST", "/x/rank", b'{"policy": {"rules": [["eq", "nope", 1]]}}', 400, "invalid_policy"),
+    # the status comes from the error's type, not its text (which may quote the caller)
+    ("POST", "/x/rank", b'{"policy": {"rules": [["eq", "not allowed", 1]]}}', 400, "invalid_policy"),
+    ("POST", "/x/rank", b'{"policy": {"rules": [["eq", "unknown endpoint", 1]]}}', 400, "invalid_policy"),
     ("POST", "/x/rank", b'{"tenant": "nobody"}', 403, "unknown_tenant"),
     ("POST", "/x/rank", b'{"request": 5, "tenant": "acme-free"}', 400, "invalid_request"),
 ])
