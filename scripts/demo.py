@@ -54,7 +54,8 @@ CALLS = [
      "headers": {"X-Route-Policy": json.dumps({"rules": [["has", "capabilities", "vision"],
                                                          ["cmp", "price_out", "le", 3]]})}},
     {"label": "initech-eu asking for openai", "headers": {
-        "X-Tenant-Id": "initech-eu", "X-Route-Policy": json.dumps({"rules": [["eq", "provider", "openai"]]})}},
+        "X-Tenant-Id": "initech-eu", "X-Route-Policy": json.dumps({"rules": [["eq", "provider", "openai"]]})},
+     "expect": "no_candidate"},  # a header cannot loosen its tenant's policy
 ]
 
 
@@ -151,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[bold]4.[/] routecar explain {fell_back}  (its first choice failed)")
             subprocess.run([sys.executable, "-m", "routecar.cli", "explain", fell_back, "--db", str(traces)],
                            timeout=60)
-        ok = len(results) == len(CALLS) and len(rows) == len(ids) and fell_back is not None
+        # Finished means: every call answered as expected (routed, or the one refusal) and was traced.
+        expected = [c.get("expect", "ok") for c in CALLS]
+        got = [(rows.get(r.get("trace-id")) or (None,) * 8)[6] for r in results]
+        ok = got == expected and len(ids) == len(CALLS) and fell_back is not None
+        if not ok:
+            console.print(f"expected outcomes {expected}, got {got}")
         console.print("[green]demo finished[/]" if ok else "[red]demo incomplete[/]")
         console.print(f"The traces are kept in {traces}; look again with:", highlight=False, soft_wrap=True)
         again = [["traces", "--db", str(traces)]]

@@ -100,13 +100,11 @@ def test_streamed_chunks_arrive_separately(fake: FakeFleet) -> None:
     arrivals = []
     for _ in client(fake).chat.completions.create(model="m", messages=MESSAGES, stream=True):
         arrivals.append(time.monotonic() - start)
-    total = arrivals[-1]
     assert len(arrivals) == 5  # role, 3 content chunks, finish
-    assert total >= 3 * delay
-    # The role chunk arrived while the server was still sleeping before the first content chunk.
-    assert arrivals[0] < delay
-    gaps = [b - a for a, b in zip(arrivals[:3], arrivals[1:4])]
-    assert all(g >= delay * 0.6 for g in gaps), gaps
+    assert arrivals[-1] >= 3 * delay  # the server slept before each content chunk
+    # Streamed, not buffered: a buffering hop hands all five over at once (a spread of ~0), while
+    # the role chunk left before the first sleep. Only lower bounds: a busy machine adds time.
+    assert arrivals[-1] - arrivals[0] >= delay, arrivals
 
 
 def test_azure_style_path_and_query_are_recorded(fake: FakeFleet) -> None:

@@ -88,7 +88,8 @@ def test_reverse_mode_streams_chunk_by_chunk_with_stream_large_bodies(
     ]
     assert len(arrivals) == 5
     assert arrivals[-1] >= 3 * delay
-    assert arrivals[0] < delay, arrivals
+    # chunk by chunk: a buffering proxy would hand all five over at once (a spread of ~0)
+    assert arrivals[-1] - arrivals[0] >= delay, arrivals
 
 
 def test_regular_mode_intercepts_https_with_session_ca(
@@ -161,11 +162,9 @@ def test_unmodified_app_with_https_proxy_and_ssl_cert_file(
 
 
 def test_proxy_that_exits_early_reports_its_log(start_proxy) -> None:
-    start = time.monotonic()
     with pytest.raises(ProxyNotReady) as info:
-        start_proxy([MITMDUMP, "--mode", "nonsense", "-p", "0"], ready_timeout=15)
-    assert time.monotonic() - start < 15
-    assert "exited with 1" in str(info.value)
+        start_proxy([MITMDUMP, "--mode", "nonsense", "-p", "0"], ready_timeout=60)
+    assert "exited with 1" in str(info.value)  # reported as an exit, not as a timeout
     assert "Invalid proxy mode specification: nonsense" in str(info.value)
 
 
@@ -173,10 +172,8 @@ def test_proxy_that_never_gets_ready_times_out_and_is_stopped(tmp_path: Path) ->
     # No ready addon: the proxy runs but never announces itself.
     argv = [MITMDUMP, "-q", "--listen-host", "127.0.0.1", "-p", "0"]
     before = _children()
-    start = time.monotonic()
     with pytest.raises(ProxyNotReady, match="not ready after 1.0s"):
         ProxyProcess.start(argv, tmp_path, ready_timeout=1.0, name="silent")
-    assert time.monotonic() - start < 10
     # ProxyProcess.start stopped (and reaped) the child before raising.
     assert _children() <= before
 

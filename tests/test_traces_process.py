@@ -51,6 +51,7 @@ def test_process_writer_rows_equal_thread_writer_rows(tmp_path):
     records = _records()
     thread = TraceWriter(tmp_path / "thread.db").start()
     proc = ProcessTraceWriter(tmp_path / "proc.db").start()
+    closed: list[bool] = []
     try:
         for r in records:
             assert thread.submit(r)
@@ -58,8 +59,9 @@ def test_process_writer_rows_equal_thread_writer_rows(tmp_path):
         assert thread.flush(20) and proc.flush(20)
         stats = proc.stats()
         assert stats["written"] == len(records) and stats["dropped"] == 0 and stats["mode"] == "process"
-    finally:
-        assert thread.close() and proc.close()
+    finally:  # close both whatever happened (no assert here: it would hide the first failure)
+        closed = [thread.close(), proc.close()]
+    assert closed == [True, True]
     a, b = _dump(tmp_path / "thread.db"), _dump(tmp_path / "proc.db")
     assert len(a) == len(records)
     assert a == b

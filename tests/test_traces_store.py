@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,22 +267,41 @@ def test_prune_by_age_and_rows(store: TraceStore) -> None:
     assert store.prune() == 0
 
 
+def _poll(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_writer_prunes_on_schedule(tmp_path: Path) -> None:
-    now = [100.0]
-    writer = TraceWriter(tmp_path / "t.db", max_rows=3, prune_every_s=60, clock=lambda: now[0],
-                         flush_interval_s=0.01).start()
-    for i in range(10):
-        writer.submit(TraceRecord(f"r{i}", float(i)))
-    assert writer.flush()
-    now[0] = 1000.0  # the next idle tick prunes
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with TraceStore(tmp_path / "t.db") as store:
-            if store.db["decisions"].count == 3:
-                break
-    assert writer.close()
-    with TraceStore(tmp_path / "t.db") as store:
-        assert [r["trace_id"] for r in store.query()] == ["r9", "r8", "r7"]
+    path, now = tmp_path / "t.db", [100.0]
+
+    def count() -> int:
+        with TraceStore(path) as store:
+            return store.db["decisions"].count
+
+    writer = TraceWriter(path, max_rows=3, prune_every_s=60, clock=lambda: now[0], flush_interval_s=0.01).start()
+    try:
+        # The first idle tick prunes (and creates the database): the schedule starts at t=100.
+        assert _poll(path.exists)
+        for i in range(10):
+            writer.submit(TraceRecord(f"r{i}", float(i)))
+        assert writer.flush()
+        writer.submit(TraceRecord("r10", 10.0))  # written after the prune check that followed r0..r9
+        assert writer.flush()
+        assert count() == 11  # 59 s later nothing is pruned yet
+        now[0] = 159.0
+        writer.submit(TraceRecord("r11", 11.0))
+        assert writer.flush() and count() == 12
+        now[0] = 160.5  # 60 s after the last prune: the next tick prunes
+        assert _poll(lambda: count() == 3)
+    finally:
+        assert writer.close()
+    with TraceStore(path) as store:
+        assert [r["trace_id"] for r in store.query()] == ["r11", "r10", "r9"]
 
 
 def test_migrations_idempotent_on_reopen(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ its trace DB, and the commands it prints to look at the traces again work as pri
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -21,12 +22,25 @@ def test_demo_runs_every_call_and_explains_the_fallback(tmp_path):
                          timeout=180, cwd=cwd, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
-    for tenant in ("acme-free", "globex-enterprise", "initech-eu", "umbrella-health", "stark-vip", "wayne-mixed"):
-        assert tenant in text
-    assert "gemini-3.5-pro @ google" in text          # the VIP's first choice failed, the second answered
-    assert "400 no_candidate" in text                 # a header cannot loosen its tenant's policy
-    assert "replay: same decision" in text
-    assert "demo finished" in text
+    # The "what routecar decided" table (into a pipe: plain columns, two or more spaces apart):
+    # per call, the tenant and outcome come from its trace row, not from the call's label.
+    section = text.split("what routecar decided", 1)[1].split("4. routecar explain", 1)[0]
+    rows = [re.split(r" {2,}", line.strip()) for line in section.splitlines()[2:] if line.strip()]
+    table = {r[0]: (r[1], r[3], r[5], r[6]) for r in rows if len(r) == 7}
+    assert table == {
+        "acme-free (by API key only)": ("acme-free", "openai/gpt-oss-120b @ groq", "1", "ok"),
+        "globex-enterprise": ("globex-enterprise", "gpt-5.5-nano @ openai", "1", "ok"),
+        "initech-eu (streaming)": ("initech-eu", "mistral-small-3 @ mistral", "1", "ok"),
+        "umbrella-health (no_log)": ("umbrella-health", "mistral-small-3 @ mistral", "1", "ok (no payload kept)"),
+        # the VIP's first choice failed, the second answered
+        "stark-vip (first choice down)": ("stark-vip", "gemini-3.5-pro @ google", "2", "ok"),
+        "wayne-mixed": ("wayne-mixed", "mistral-medium-3 @ mistral", "1", "ok"),
+        "header policy: vision, price_out <= 3": ("-", "meta-llama/llama-4-maverick @ groq", "1", "ok"),
+        # a header cannot loosen its tenant's policy
+        "initech-eu asking for openai": ("initech-eu", "400 no_candidate", "-", "no_candidate"),
+    }
+    assert "tenant=stark-vip" in text and "replay: same decision" in text  # the explained fallback
+    assert "demo finished" in text  # (only said when every call answered as expected and was traced)
     assert list(scratch.iterdir()) == []  # everything it made is gone but the trace DB
     db = tmp_path / ".routecar" / "demo-traces.db"
     assert f"The traces are kept in {db}" in text
