@@ -29,7 +29,7 @@ from .policy.hints import catalog_warnings
 from .policy.ops import describe_fields
 from .providers import FORWARD_HEADERS, Providers
 from .reloading import ReloadingSource
-from .tenants.identify import Identification, TenantIndex, identify
+from .tenants.identify import DEFAULT_ORDER, Identification, TenantIndex, identify
 from .tenants.lookup import BlockingView, TenantLookup, identify_async
 from .tenants.rules import RULE_ORIGIN, RuleSet, compile_policy, require_compiles
 from .tenants.table import Tenant, TenantSource
@@ -128,7 +128,7 @@ class Engine:
     health: HealthTracker
     tenants: TenantSource | TenantLookup | None = None  # a lookup: tenants read from a database on demand
     rules: RuleSet | None = None
-    identify_order: tuple[str, ...] = ("header", "api_key", "proxy_auth", "body_user")
+    identify_order: tuple[str, ...] = DEFAULT_ORDER  # every method; the sidecar's option leaves body_user out
     default_policy: str | None = None
     default_tenant: str | None = None
     max_body: int = MAX_BODY

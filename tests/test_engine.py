@@ -109,6 +109,19 @@ def test_each_shipped_tenant_picks(engine, tenant, entry):
     assert selected(engine, {"x-tenant-id": tenant}) == entry
 
 
+def test_library_default_identifies_by_body_user_the_sidecar_default_does_not(make_engine):
+    from routecar.mitm.options import add_options
+
+    body = {**BODY, "user": "initech-eu"}
+    r = make_engine().resolve({}, body)  # the library Engine: every method, body_user included
+    assert r is not None and (r.tenant, r.method) == ("initech-eu", "body_user")
+    options: dict[str, Any] = {}
+    add_options(type("Loader", (), {"add_option": lambda self, name, typ, default, help: options.update({name: default})})())
+    sidecar_order = tuple(options["routecar_identify"].split(","))
+    assert "body_user" not in sidecar_order  # opt-in in the sidecar: an end user writes the body
+    assert make_engine(identify_order=sidecar_order).resolve({}, body) is None
+
+
 def test_body_user_only_when_in_order(make_engine):
     body = {**BODY, "user": "initech-eu"}
     assert make_engine(identify_order=("header", "api_key", "proxy_auth")).resolve({}, body) is None

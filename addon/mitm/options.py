@@ -30,6 +30,9 @@ DEFAULT_RULES = DEFAULT_PROVIDERS.parent / "rules.yaml"
 def add_options(loader: Any) -> None:
         loader.add_option("routecar_catalog", str, str(DEFAULT_CATALOG),
                           "Catalog file (YAML/JSON) or http(s) URL; reloaded when it changes.")
+        loader.add_option("routecar_catalog_ttl", str, "60",
+                          "Seconds between two fetches of a catalog given as an http(s) URL (files are "
+                          "checked every 2 s).")
         loader.add_option("routecar_providers", str, str(DEFAULT_PROVIDERS),
                           "providers.yaml: base URL, auth style and key variable per provider.")
         loader.add_option("routecar_tenants", str, "",
@@ -103,7 +106,7 @@ def read_settings(o: Any, previous: Engine | None = None) -> Settings:
         # background=True: checks and reloads run in a thread, never in a hook.
         catalog_src = ReloadingSource(
             o.routecar_catalog, lambda s: check_catalog_providers(load_catalog(s), providers), time.monotonic,
-            background=True)
+            url_ttl_s=_seconds("routecar_catalog_ttl", o.routecar_catalog_ttl), background=True)
         rules = None
         if o.routecar_tenants:
             tenants = open_tenants(
