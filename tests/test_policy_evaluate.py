@@ -391,3 +391,34 @@ def test_combine_over_the_clause_limit_says_whose_clauses() -> None:
         combine(tenant, request, CAT.registry)
     assert ei.value.errors == [{"path": "rules", "message":
                                 "the request's 30 clause(s) and its tenant's 40 together exceed 64 clauses"}]
+
+
+# -- the hot path's inlined fit checks and cost formula are misfit() and usd() -------------
+
+_ENTRY = st.fixed_dictionaries({
+    "context_window": st.integers(1, 3000), "max_output": st.integers(1, 3000),
+    "capabilities": st.sampled_from([[], ["tools"], ["vision"], ["tools", "vision"]]),
+    "price_in": st.floats(0, 80, allow_nan=False), "price_out": st.floats(0, 80, allow_nan=False)})
+_REQUEST = st.builds(RequestProfile, prompt_tokens=st.integers(0, 3000),
+                     max_tokens=st.one_of(st.none(), st.integers(0, 3000)), tools=st.booleans(), vision=st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ENTRY, min_size=1, max_size=8), _REQUEST,
+       st.sampled_from([None, [["asc", "est_cost"]], [["desc", "est_cost"], ["asc", "id"]], [["asc", "id"], ["asc", "est_cost"]]]))
+def test_hot_path_keeps_exactly_the_fitting_entries_at_usd_cost(entries, req, rank) -> None:
+    from routecar.policy.request import FIT_CHECKS, fit_failure, misfit, usd
+
+    cat = parse_catalog([entry(f"p/m{i}", **e) for i, e in enumerate(entries)])
+    d = evaluate(P({"rank": rank} if rank else {}, cat), cat, req)
+    need = req.prompt_tokens + (req.max_tokens or 0)
+    fits = {e.id for e in cat.entries if misfit(need, req.max_tokens, req.tools, req.vision, e.context_window,
+                                                  e.max_output, "tools" in e.capabilities,
+                                                  "vision" in e.capabilities) is None}
+    assert {r.entry.id for r in d.ranked} == fits
+    for r in d.ranked:  # the same float expression: equal to the last bit
+        assert r.est_cost == usd(req.prompt_tokens, req.out_tokens, r.entry.price_in, r.entry.price_out)
+    for e, f in d.verdicts:  # and a dropped entry is explained by the check that dropped it
+        assert (f is None) == (e.id in fits)
+        if f is not None:
+            assert (f.id, f.field) == fit_failure(e, req)[:2] and f.id in [c[0] for c in FIT_CHECKS]

@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 from .cache import PolicyCache
-from .evaluate import (Decision, Failure, LiveHealth, Ranked, RequestProfile, est_cost, evaluate,
-                       static_failures)
+from .evaluate import Decision, Failure, LiveHealth, Ranked, evaluate, static_failures
 from .model import Clause, Policy, combine, fingerprint, parse_policy
 from .ops import SCHEMA, compile_expr
+from .request import RequestProfile, est_cost
 from .validate import PolicyErrorItem, iter_errors
 
 __all__ = [

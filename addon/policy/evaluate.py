@@ -13,15 +13,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..catalog import Catalog, CatalogEntry
 from ..fields import DYNAMIC_FIELDS
 from .model import Clause, Policy, Row
-
-DEFAULT_OUT_TOKENS = 256
-IMAGE_TOKENS = 85  # a low-detail image; enough to route on, not to bill
-
+from .request import FIT_RULES, RequestProfile, est_cost, fit_failure
 
 class LiveHealth(Protocol):
     """Health as evaluation reads it (`HealthTracker`, or a snapshot of it)."""
@@ -33,90 +30,6 @@ class LiveHealth(Protocol):
     def cooled_ids(self) -> frozenset[str]:
         """The entries cooling down (not `healthy`) right now."""
         ...
-
-
-def _text_len(content: Any) -> tuple[int, bool]:
-    """(characters of text, has an image part) of one message's content."""
-    if isinstance(content, str):
-        return len(content), False
-    chars, image = 0, False
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, Mapping):
-                continue
-            kind = part.get("type")
-            if kind in ("image_url", "input_image", "image"):
-                image = True
-                chars += IMAGE_TOKENS * 4
-            elif isinstance(part.get("text"), str):
-                chars += len(part["text"])
-    return chars, image
-
-
-@dataclass(frozen=True, slots=True)
-class RequestProfile:
-    """What the router needs to know about one chat request."""
-
-    model: str | None = None
-    prompt_tokens: int = 0
-    max_tokens: int | None = None
-    tools: bool = False
-    vision: bool = False
-    stream: bool = False
-
-    @property
-    def out_tokens(self) -> int:
-        return self.max_tokens if self.max_tokens is not None else DEFAULT_OUT_TOKENS
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> RequestProfile:
-        """Estimate from an OpenAI chat body: ~4 characters per token, +4 per message."""
-        chars, vision, n = 0, False, 0
-        messages = body.get("messages")
-        if isinstance(messages, list):
-            for m in messages:
-                if isinstance(m, Mapping):
-                    c, img = _text_len(m.get("content"))
-                    chars += c
-                    vision |= img
-                    n += 1
-        tools = body.get("tools") or body.get("functions")
-        if tools:
-            chars += len(json.dumps(tools, default=str))
-        mt = body.get("max_completion_tokens", body.get("max_tokens"))
-        max_tokens = mt if isinstance(mt, int) and not isinstance(mt, bool) and mt >= 0 else None
-        model = body.get("model")
-        return cls(model if isinstance(model, str) else None, chars // 4 + 4 * n + 3, max_tokens,
-                   bool(tools), vision, body.get("stream") is True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "prompt_tokens": self.prompt_tokens, "max_tokens": self.max_tokens,
-                "out_tokens": self.out_tokens, "tools": self.tools, "vision": self.vision, "stream": self.stream}
-
-
-def est_cost(entry: CatalogEntry, req: RequestProfile) -> float:
-    return (req.prompt_tokens * entry.price_in + req.out_tokens * entry.price_out) / 1_000_000
-
-
-def fit_failure(entry: CatalogEntry, req: RequestProfile) -> tuple[str, str, Any] | None:
-    """The implicit request-fit checks: (check id, field, entry value) of the first that fails."""
-    if req.prompt_tokens + (req.max_tokens or 0) > entry.context_window:
-        return "fit:context_window", "context_window", entry.context_window
-    if req.max_tokens is not None and req.max_tokens > entry.max_output:
-        return "fit:max_output", "max_output", entry.max_output
-    if req.tools and "tools" not in entry.capabilities:
-        return "fit:tools", "capabilities", list(entry.capabilities)
-    if req.vision and "vision" not in entry.capabilities:
-        return "fit:vision", "capabilities", list(entry.capabilities)
-    return None
-
-
-FIT_RULES = {
-    "fit:context_window": "prompt_tokens + max_tokens <= context_window",
-    "fit:max_output": "max_tokens <= max_output",
-    "fit:tools": "request has tools: capabilities must include 'tools'",
-    "fit:vision": "request has images: capabilities must include 'vision'",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +68,34 @@ def _row(entry: CatalogEntry, base: Row, req: RequestProfile, health: LiveHealth
     return row
 
 
+class StaticRow(NamedTuple):
+    """An entry passing every request-independent clause, pre-unpacked for the per-request
+    loop. The loop gets it `packed()` and unpacks it in this field order."""
+
+    index: int                   # in the catalog
+    entry: CatalogEntry
+    price_in: float
+    price_out: float
+    context_window: int
+    max_output: int
+    tools: bool                  # "tools" in capabilities
+    vision: bool                 # "vision" in capabilities
+    parts: tuple[Any, ...]       # sort-key parts known statically (_DYN where the request decides)
+    prefix: tuple[Any, ...]      # fast path: the parts before est_cost...
+    suffix: tuple[Any, ...]      # ...and after it
+
+    def packed(self) -> tuple[Any, ...]:
+        """The fields as a plain tuple: CPython unpacks an exact tuple fast, a NamedTuple
+        (a tuple subclass) about 2.5x slower, which shows in the per-request loop."""
+        return tuple(self)
+
+
 @dataclass(frozen=True, slots=True)
 class _Static:
     """Per (policy, catalog version): the entries passing every request-independent
     clause, pre-unpacked into what the per-request loop needs."""
 
-    rows: tuple[tuple[Any, ...], ...]   # (index, entry, price_in, price_out, context, max_output,
-                                         #  tools, vision, static sort-key parts, prefix, suffix)
+    rows: tuple[tuple[Any, ...], ...]   # StaticRow.packed()
     composed: bool                       # one composed sort key is enough (no descending strings)
     cost_at: int | None                  # fast path: est_cost is the only per-request sort key, here
     cost_sign: int = 1
@@ -192,7 +126,7 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
                    for d, f in policy.rank)
     dyn = [n for n, (_, f) in enumerate(policy.rank) if f in DYNAMIC_FIELDS]
     cost_at = dyn[0] if composed and len(dyn) == 1 and policy.rank[dyn[0]][1] == "est_cost" else None
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     failures: dict[int, Failure] = {}
     for i, (entry, row) in enumerate(zip(catalog.entries, catalog.rows)):
         failed = next((c for c in static if not c.test(row)), None)
@@ -203,8 +137,8 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
                           for d, f in policy.rank)
             caps = entry.capabilities
             k = cost_at if cost_at is not None else 0
-            rows.append((i, entry, entry.price_in, entry.price_out, entry.context_window, entry.max_output,
-                         "tools" in caps, "vision" in caps, parts, parts[:k], parts[k + 1:]))
+            rows.append(StaticRow(i, entry, entry.price_in, entry.price_out, entry.context_window, entry.max_output,
+                                  "tools" in caps, "vision" in caps, parts, parts[:k], parts[k + 1:]).packed())
     dyn_static = tuple(dict.fromkeys(f for c in policy.dynamic_clauses for f in c.fields if f not in DYNAMIC_FIELDS))
     hit = _Static(tuple(rows), composed, cost_at,
                   -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures, dyn_static)
@@ -320,48 +254,47 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
     need = pt + (mt or 0)
     tools, vision = req.tools, req.vision
     items: list[tuple[Any, ...]] = []
-    if st.cost_at is not None and not dynamic:
-        # Hot path: the sort key is (static prefix, ±cost, static suffix), precomputed but for the cost.
-        # Items are flat tuples (sort key..., catalog index, cost): the index is unique, so
-        # the cost after it is never compared; with est_cost first the key is (cost, suffix).
-        sign, first = st.cost_sign, st.cost_at == 0
-        for i, entry, pin, pout, cw, mo, has_tools, has_vision, _, prefix, suffix in st.rows:
-            if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
-                continue
-            cost = (pt * pin + ot * pout) / 1_000_000
+    # Hot path (`hot`): no per-request clause and est_cost the only per-request sort key. The
+    # sort key is (static prefix, ±cost, static suffix), precomputed but for the cost. Items are
+    # flat tuples (sort key..., catalog index, cost): the index is unique, so the cost after it
+    # is never compared; with est_cost first the key is (cost, suffix).
+    hot = st.cost_at is not None and not dynamic
+    sign, first = st.cost_sign, st.cost_at == 0
+    cooled = health.cooled_ids() if health is not None else frozenset()
+    latency = health is not None and policy.reads("latency_ms")
+    for i, entry, pin, pout, cw, mo, has_tools, has_vision, parts, prefix, suffix in st.rows:
+        # `misfit` and `usd`, inlined: a call per entry costs this loop ~25% (measured);
+        # tests/test_policy_evaluate.py pins this copy to them.
+        if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
+            continue
+        cost = (pt * pin + ot * pout) / 1_000_000
+        if hot:
             if first:
                 items.append((sign * cost, suffix, i, cost))
             else:
                 items.append((prefix, sign * cost, suffix, i, cost))
-    else:
+            continue
         # Per-request clauses or sort keys: each survivor gets a small row with just the
         # fields they read (not a copy of the whole entry).
-        cooled = health.cooled_ids() if health is not None else frozenset()
-        latency = health is not None and policy.reads("latency_ms")
-        sign = st.cost_sign
-        for i, entry, pin, pout, cw, mo, has_tools, has_vision, parts, prefix, suffix in st.rows:
-            if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
+        row: dict[str, Any] | None = None
+        if needs_row:
+            base = catalog.rows[i]
+            row = {f: base.get(f) for f in st.dyn_static}
+            row["est_cost"], row["healthy"] = cost, entry.id not in cooled
+            row["latency_ms"] = (health.live_fields(entry.id).get("latency_ms")
+                                 if latency and health is not None else None)
+            if not all([c.test(row) for c in dynamic]):
                 continue
-            cost = (pt * pin + ot * pout) / 1_000_000
-            row: dict[str, Any] | None = None
-            if needs_row:
-                base = catalog.rows[i]
-                row = {f: base.get(f) for f in st.dyn_static}
-                row["est_cost"], row["healthy"] = cost, entry.id not in cooled
-                row["latency_ms"] = (health.live_fields(entry.id).get("latency_ms")
-                                     if latency and health is not None else None)
-                if not all([c.test(row) for c in dynamic]):
-                    continue
-            if st.cost_at is not None:
-                items.append((prefix, sign * cost, suffix, i, cost))
-                continue
-            if row is not None:
-                key = tuple(p if p is not _DYN else _key_part(d, row.get(f)) if st.composed else row.get(f)
-                            for p, (d, f) in zip(parts, rank))
-            else:  # the only dynamic sort key left is est_cost
-                key = tuple(p if p is not _DYN else _key_part(d, cost) if st.composed else cost
-                            for p, (d, _) in zip(parts, rank))
-            items.append((key, i, cost))
+        if st.cost_at is not None:
+            items.append((prefix, sign * cost, suffix, i, cost))
+            continue
+        if row is not None:
+            key = tuple(p if p is not _DYN else _key_part(d, row.get(f)) if st.composed else row.get(f)
+                        for p, (d, f) in zip(parts, rank))
+        else:  # the only dynamic sort key left is est_cost
+            key = tuple(p if p is not _DYN else _key_part(d, cost) if st.composed else cost
+                        for p, (d, _) in zip(parts, rank))
+        items.append((key, i, cost))
     if st.composed:
         items.sort()
     else:  # descending strings: stable multi-pass sort, last key first
@@ -371,7 +304,6 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
                 items.sort(key=lambda t: (t[0][n] is None, t[0][n]))
             else:
                 items.sort(key=lambda t: (t[0][n] is not None, t[0][n]), reverse=True)
-    cooled = health.cooled_ids() if health is not None else frozenset()
     if cooled:  # a cooled-down entry is tried only after every healthy one
         items.sort(key=lambda t: catalog.entries[t[-2]].id in cooled)
     return Decision(policy, catalog, req, tuple(t[-2] for t in items), tuple(t[-1] for t in items), health)
