@@ -422,3 +422,17 @@ def test_hot_path_keeps_exactly_the_fitting_entries_at_usd_cost(entries, req, ra
         assert (f is None) == (e.id in fits)
         if f is not None:
             assert (f.id, f.field) == fit_failure(e, req)[:2] and f.id in [c[0] for c in FIT_CHECKS]
+
+
+def test_static_rows_have_the_static_row_fields() -> None:
+    from routecar.policy.evaluate import StaticRow, _static
+
+    policy = P({"rules": [["eq", "region", "eu"]], "rank": [["asc", "est_cost"], ["desc", "bench_intelligence"]]})
+    rows = [StaticRow(*r) for r in _static(policy, CAT).rows]
+    assert [r.entry.id for r in rows] == [e.id for e in CAT.entries if e.region == "eu"]
+    for r in rows:
+        e = CAT.entries[r.index]
+        assert r.entry is e and (r.price_in, r.price_out, r.context_window, r.max_output) == (
+            e.price_in, e.price_out, e.context_window, e.max_output)
+        assert (r.tools, r.vision) == ("tools" in e.capabilities, "vision" in e.capabilities)
+        assert r.prefix == () and r.suffix == r.parts[1:]  # est_cost is the first sort key

@@ -70,7 +70,7 @@ def _row(entry: CatalogEntry, base: Row, req: RequestProfile, health: LiveHealth
 
 class StaticRow(NamedTuple):
     """An entry passing every request-independent clause, pre-unpacked for the per-request
-    loop. The loop gets it `packed()` and unpacks it in this field order."""
+    loop: the fields, in the order `_static` builds them and the loop unpacks them."""
 
     index: int                   # in the catalog
     entry: CatalogEntry
@@ -84,10 +84,9 @@ class StaticRow(NamedTuple):
     prefix: tuple[Any, ...]      # fast path: the parts before est_cost...
     suffix: tuple[Any, ...]      # ...and after it
 
-    def packed(self) -> tuple[Any, ...]:
-        """The fields as a plain tuple: CPython unpacks an exact tuple fast, a NamedTuple
-        (a tuple subclass) about 2.5x slower, which shows in the per-request loop."""
-        return tuple(self)
+    # Stored as plain tuples of these fields (`_Static.rows`): CPython unpacks an exact tuple
+    # fast, a NamedTuple (a tuple subclass) about 2.5x slower, and building one per entry
+    # costs the first evaluation of a policy ~10%.
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +94,7 @@ class _Static:
     """Per (policy, catalog version): the entries passing every request-independent
     clause, pre-unpacked into what the per-request loop needs."""
 
-    rows: tuple[tuple[Any, ...], ...]   # StaticRow.packed()
+    rows: tuple[tuple[Any, ...], ...]   # StaticRow's fields, as plain tuples
     composed: bool                       # one composed sort key is enough (no descending strings)
     cost_at: int | None                  # fast path: est_cost is the only per-request sort key, here
     cost_sign: int = 1
@@ -137,8 +136,9 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
                           for d, f in policy.rank)
             caps = entry.capabilities
             k = cost_at if cost_at is not None else 0
-            rows.append(StaticRow(i, entry, entry.price_in, entry.price_out, entry.context_window, entry.max_output,
-                                  "tools" in caps, "vision" in caps, parts, parts[:k], parts[k + 1:]).packed())
+            # A StaticRow's fields, built as a plain tuple (see StaticRow.packed).
+            rows.append((i, entry, entry.price_in, entry.price_out, entry.context_window, entry.max_output,
+                         "tools" in caps, "vision" in caps, parts, parts[:k], parts[k + 1:]))
     dyn_static = tuple(dict.fromkeys(f for c in policy.dynamic_clauses for f in c.fields if f not in DYNAMIC_FIELDS))
     hit = _Static(tuple(rows), composed, cost_at,
                   -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures, dyn_static)
