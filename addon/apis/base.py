@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from ..errors import RoutecarError
-from ..policy.evaluate import IMAGE_TOKENS, RequestProfile
+from ..policy.request import IMAGE_TOKENS, RequestProfile
 from .sse import SSEDecoder, SSEError
 
 ApiName = Literal["chat", "responses", "messages"]

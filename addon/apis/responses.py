@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import RoutecarError
-from ..policy.evaluate import RequestProfile
+from ..policy.request import RequestProfile
 from .base import (ApiName, SSEUsageReader, Usage, UsageReader, content_size, count, estimate_tokens, int_field,
                    json_size, model_of, parse_answer, path_matches)
 from .sse import encode_typed
