@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +34,11 @@ from ..shipped import POLICIES
 from ..tenants.lookup import TenantLookup, check_store, open_tenants
 from ..tenants.rules import RuleSet
 from .inputs import read_policy, read_request
-from .render import CliError, make_console, print_table, render_decision
+from .render import CliError, make_console, print_policy_errors, print_table, print_warnings, render_decision
 from .traces import add_commands
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE_REQUEST = {"messages": [{"role": "user", "content": "Summarise our Q3 churn numbers in 3 bullets."}]}
-
-
-def print_policy_errors(err: InvalidPolicy) -> None:
-    print(f"invalid policy: {len(err.errors)} error(s)", file=sys.stderr)
-    for e in err.errors:
-        print(f"  {e['path']}: {e['message']}", file=sys.stderr)
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -85,11 +79,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"canonical: {json.dumps(policy.canonical, sort_keys=True)}")
     print_warnings(warnings)
     return 0
-
-
-def print_warnings(warnings: Sequence[Mapping[str, str]]) -> None:
-    for w in warnings:
-        print(f"warning: {w['path']}: {w['message']}", file=sys.stderr)
 
 
 def check_config(args: argparse.Namespace) -> int:

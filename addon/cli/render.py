@@ -8,12 +8,14 @@ to a fixed width, so `grep` and `awk` see whole ids.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import InvalidPolicy
 from ..policy import Failure
 
 
@@ -39,6 +41,17 @@ def print_table(c: Console, table: Table) -> None:
     with c.capture() as captured:
         c.print(table)
     c.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
+def print_policy_errors(err: InvalidPolicy) -> None:
+    print(f"invalid policy: {len(err.errors)} error(s)", file=sys.stderr)
+    for e in err.errors:
+        print(f"  {e['path']}: {e['message']}", file=sys.stderr)
+
+
+def print_warnings(warnings: Sequence[Mapping[str, str]]) -> None:
+    for w in warnings:
+        print(f"warning: {w['path']}: {w['message']}", file=sys.stderr)
 
 
 def render_decision(d: Mapping[str, Any], tenant: str | None = None,
