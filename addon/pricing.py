@@ -1,0 +1,176 @@
+"""The actual cost of a routed call: the provider's reported usage priced with genai-prices.
+
+    Pricer.cost(provider, model, usage, fallback)  -> Cost(usd, source)
+    Pricer.list_price(provider, model)             -> ListPrice | None   (USD per 1M tokens)
+
+Prices come from genai-prices' bundled snapshot (Pydantic's maintained price
+data): offline and never auto-updated (upgrade the package for newer prices). A model genai-prices does not
+know (a private deployment, a test's fake model) is priced at its catalog entry's
+`price_in` / `price_out` (`source="catalog"`).
+
+genai-prices' general calculation costs ~130 µs a call (unit registry, usage
+inference, validation). A price that is flat per token is linear in the token
+counts, so the Pricer asks genai-prices once per model price for the cost of one
+million tokens of each kind and multiplies afterwards (`_Linear`); tiered prices
+(a rate that depends on the prompt size) always take the full calculation.
+`tests/test_pricing.py` checks both give the same figures.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from genai_prices import Usage as GenaiUsage
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ModelInfo, ModelPrice, Provider as GenaiProvider, TieredPrices
+
+from .usage import TokenUsage
+
+GENAI = "genai-prices"
+CATALOG = "catalog"
+_M = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    usd: float
+    source: str   # GENAI or CATALOG
+
+
+@dataclass(frozen=True, slots=True)
+class ListPrice:
+    """genai-prices' list price of a model, USD per 1M tokens (a tiered price: its base rate)."""
+
+    price_in: float
+    price_out: float
+    model_id: str      # genai-prices' id of the model that matched
+    provider_id: str
+
+
+def list_cost(price_in: float, price_out: float, input_tokens: int, output_tokens: int) -> float:
+    """USD for tokens at per-1M-token list prices (a catalog entry's; cached input at the full rate)."""
+    return (input_tokens * price_in + output_tokens * price_out) / _M
+
+
+def _genai_usage(u: TokenUsage) -> GenaiUsage:
+    return GenaiUsage(input_tokens=u.input, cache_read_tokens=u.cached_input, cache_write_tokens=u.cache_write,
+                      output_tokens=u.output, output_reasoning_tokens=u.reasoning)
+
+
+def _base(price: Any) -> float | None:
+    if isinstance(price, TieredPrices):
+        return float(price.base)
+    return float(price) if isinstance(price, Decimal) else None
+
+
+class _Linear:
+    """A flat per-token price as coefficients: USD per request and per token of each kind."""
+
+    __slots__ = ("request", "input", "cached", "write", "output", "reasoning")
+
+    def __init__(self, price: ModelPrice) -> None:
+        def per_token(**tokens: int) -> float:
+            return float(price.calc_price(GenaiUsage(**tokens))["total_price"])
+
+        self.request = per_token()
+        self.input = (per_token(input_tokens=_M) - self.request) / _M
+        self.cached = (per_token(input_tokens=_M, cache_read_tokens=_M) - self.request) / _M
+        self.write = (per_token(input_tokens=_M, cache_write_tokens=_M) - self.request) / _M
+        self.output = (per_token(output_tokens=_M) - self.request) / _M
+        self.reasoning = (per_token(output_tokens=_M, output_reasoning_tokens=_M) - self.request) / _M
+
+    @staticmethod
+    def applies(price: ModelPrice) -> bool:
+        return not any(isinstance(v, TieredPrices) for v in vars(price).values())
+
+    def cost(self, u: TokenUsage) -> float:
+        plain_in = u.input - u.cached_input - u.cache_write
+        return (self.request + plain_in * self.input + u.cached_input * self.cached + u.cache_write * self.write
+                + (u.output - u.reasoning) * self.output + u.reasoning * self.reasoning)
+
+
+class Pricer:
+    """Prices calls. Thread-safe; lookups are cached per (provider, model).
+
+    `clock` gives the request time (genai-prices has dated prices); `aliases` maps a
+    routecar provider name to genai-prices' provider id where they differ.
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 aliases: dict[str, str] | None = None) -> None:
+        self.clock = clock
+        self.aliases = dict(aliases or {})
+        self._refs: dict[tuple[str, str], tuple[GenaiProvider, ModelInfo] | None] = {}
+        self._linear: dict[int, tuple[ModelPrice, _Linear | None]] = {}
+        self._lock = threading.Lock()
+
+    def _ref(self, provider: str, model: str) -> tuple[GenaiProvider, ModelInfo] | None:
+        key = (provider, model)
+        try:
+            return self._refs[key]
+        except KeyError:
+            pass
+        try:
+            ref = get_snapshot().find_provider_model(model, None, self.aliases.get(provider, provider), None)
+        except LookupError:
+            ref = None   # unknown provider or model: the catalog price applies
+        with self._lock:
+            if len(self._refs) > 4096:   # bounded: model names come from providers' answers too
+                self._refs.clear()
+            self._refs[key] = ref
+        return ref
+
+    def known(self, provider: str, model: str) -> bool:
+        return self._ref(provider, model) is not None
+
+    def list_price(self, provider: str, model: str) -> ListPrice | None:
+        ref = self._ref(provider, model)
+        if ref is None:
+            return None
+        price = ref[1].get_prices(self.clock())
+        p_in, p_out = _base(getattr(price, "input_mtok", None)), _base(getattr(price, "output_mtok", None))
+        if p_in is None or p_out is None:
+            return None
+        return ListPrice(p_in, p_out, ref[1].id, ref[0].id)
+
+    def cost(self, provider: str, model: str, usage: TokenUsage,
+             fallback: tuple[float, float] | None = None) -> Cost | None:
+        """USD for `usage` on (provider, model); `fallback` = the catalog's (price_in, price_out)
+        when genai-prices does not know the model. None when neither can price it."""
+        ref = self._ref(provider, model)
+        if ref is not None:
+            try:
+                return Cost(self._genai_cost(ref, usage), GENAI)
+            except (ValueError, ArithmeticError, LookupError):
+                pass   # a price genai-prices cannot apply to this usage: say what the catalog says
+        if fallback is None:
+            return None
+        return Cost(list_cost(fallback[0], fallback[1], usage.input, usage.output), CATALOG)
+
+    def _genai_cost(self, ref: tuple[GenaiProvider, ModelInfo], usage: TokenUsage) -> float:
+        provider, model = ref
+        when = self.clock()
+        price = model.get_prices(when)
+        hit = self._linear.get(id(price))
+        if hit is None or hit[0] is not price:
+            linear = _Linear(price) if _Linear.applies(price) else None
+            with self._lock:
+                self._linear[id(price)] = hit = (price, linear)
+        if hit[1] is not None:
+            return hit[1].cost(usage)
+        calc = model.calc_price(_genai_usage(usage), provider, genai_request_timestamp=when)
+        return float(calc.total_price)
+
+    def exact_cost(self, provider: str, model: str, usage: TokenUsage) -> float | None:
+        """genai-prices' own calculation, without the linear shortcut (for checks and tests)."""
+        ref = self._ref(provider, model)
+        if ref is None:
+            return None
+        calc = ref[1].calc_price(_genai_usage(usage), ref[0], genai_request_timestamp=self.clock())
+        return float(calc.total_price)
+

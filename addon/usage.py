@@ -1,0 +1,150 @@
+"""What a provider said about an answer: token usage, model, id, finish reasons.
+
+    TokenUsage       the reported usage in one spelling for every API shape (what pricing takes)
+    ResponseFacts    usage + response model + id + finish reasons (what traces, metrics and spans show)
+    response_facts   a whole JSON answer or the tail of an SSE stream -> ResponseFacts
+
+`TokenUsage.from_reported` reads the three spellings providers use:
+
+    OpenAI chat       prompt_tokens, completion_tokens, prompt_tokens_details.cached_tokens,
+                      completion_tokens_details.reasoning_tokens
+    OpenAI Responses  input_tokens, output_tokens, input_tokens_details.cached_tokens,
+                      output_tokens_details.reasoning_tokens
+    Anthropic         input_tokens (uncached only), cache_read_input_tokens,
+                      cache_creation_input_tokens, output_tokens
+
+Per-shape extraction may move next to the API shapes (addon/apis/); pricing only
+ever sees a `TokenUsage`. Nothing here is content: no message text is read or kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+def _count(value: Any) -> int:
+    """A token count as reported, or 0 for anything that is not a non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return 0
+    return max(0, int(value))
+
+
+def _detail(usage: Mapping[str, Any], key: str, field: str) -> int:
+    details = usage.get(key)
+    return _count(details.get(field)) if isinstance(details, Mapping) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Tokens of one call. `input` counts every input token (cached ones included) and
+    `output` every output token (reasoning included); the parts never exceed the whole."""
+
+    input: int = 0
+    cached_input: int = 0     # part of `input` read from the provider's prompt cache
+    output: int = 0
+    reasoning: int = 0        # part of `output` spent on reasoning
+    cache_write: int = 0      # part of `input` written to the cache (Anthropic)
+
+    def __post_init__(self) -> None:
+        # Providers report these separately; an inconsistent report is clamped, never trusted
+        # to make a negative count (a negative price) downstream.
+        for name in ("input", "cached_input", "output", "reasoning", "cache_write"):
+            object.__setattr__(self, name, _count(getattr(self, name)))
+        object.__setattr__(self, "cached_input", min(self.cached_input, self.input))
+        object.__setattr__(self, "cache_write", min(self.cache_write, self.input - self.cached_input))
+        object.__setattr__(self, "reasoning", min(self.reasoning, self.output))
+
+    @classmethod
+    def from_reported(cls, usage: Any) -> TokenUsage | None:
+        """The usage object of a chat, Responses or Messages answer; None if it is not one."""
+        if not isinstance(usage, Mapping):
+            return None
+        if "prompt_tokens" in usage or "completion_tokens" in usage:
+            return cls(_count(usage.get("prompt_tokens")),
+                       _detail(usage, "prompt_tokens_details", "cached_tokens"),
+                       _count(usage.get("completion_tokens")),
+                       _detail(usage, "completion_tokens_details", "reasoning_tokens"))
+        if "input_tokens" in usage or "output_tokens" in usage:
+            # Anthropic counts cache reads/writes outside input_tokens; Responses has no such keys.
+            read = _count(usage.get("cache_read_input_tokens"))
+            write = _count(usage.get("cache_creation_input_tokens"))
+            return cls(_count(usage.get("input_tokens")) + read + write,
+                       read or _detail(usage, "input_tokens_details", "cached_tokens"),
+                       _count(usage.get("output_tokens")),
+                       _detail(usage, "output_tokens_details", "reasoning_tokens"), write)
+        return None
+
+    def to_dict(self) -> dict[str, int]:
+        return {"input": self.input, "cached_input": self.cached_input, "output": self.output,
+                "reasoning": self.reasoning, "cache_write": self.cache_write}
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFacts:
+    """Metadata of an answer (never its content)."""
+
+    usage: TokenUsage | None = None
+    model: str | None = None
+    response_id: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+
+
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
+_FINISH = re.compile(rb'"(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
+_DECODER = json.JSONDecoder()
+
+
+def _last_usage(blob: bytes) -> Any:
+    """The last `"usage": {...}` object in `blob` (an SSE tail may cut earlier ones)."""
+    for m in reversed(list(_USAGE_KEY.finditer(blob))):
+        try:
+            value, _ = _DECODER.raw_decode(blob[m.end():].decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if isinstance(value, Mapping):
+            return value
+    return None
+
+
+def _text(m: re.Match[bytes] | None) -> str | None:
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def _whole(doc: Mapping[str, Any]) -> ResponseFacts:
+    reasons: list[str] = []
+    for choice in doc.get("choices") or ():
+        if isinstance(choice, Mapping) and isinstance(choice.get("finish_reason"), str):
+            reasons.append(choice["finish_reason"])
+    if isinstance(doc.get("stop_reason"), str):            # Anthropic Messages
+        reasons.append(doc["stop_reason"])
+    if doc.get("object") == "response" and isinstance(doc.get("status"), str):   # Responses
+        reasons.append(doc["status"])
+    model, rid = doc.get("model"), doc.get("id")
+    return ResponseFacts(TokenUsage.from_reported(doc.get("usage")), model if isinstance(model, str) else None,
+                         rid if isinstance(rid, str) else None, tuple(reasons))
+
+
+def response_facts(blob: bytes | None) -> ResponseFacts:
+    """Facts from a whole JSON answer, or from the last bytes of an SSE stream."""
+    if not blob:
+        return ResponseFacts()
+    head = blob.lstrip()[:1]
+    if head == b"{":
+        try:
+            doc = json.loads(blob)
+        except (ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, Mapping):
+            return _whole(doc)
+    # A stream's tail: the usage chunk and the final finish reason come last.
+    reasons = (_text(m) for m in _FINISH.finditer(blob))
+    models = _MODEL.findall(blob)
+    return ResponseFacts(TokenUsage.from_reported(_last_usage(blob)),
+                         models[-1].decode("utf-8", "replace") if models else None,
+                         _text(_ID.search(blob)), tuple(dict.fromkeys(r for r in reasons if r)))

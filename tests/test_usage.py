@@ -1,0 +1,76 @@
+"""Usage and response facts as providers report them, in every spelling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from routecar.usage import ResponseFacts, TokenUsage, response_facts
+
+CHAT = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
+        "prompt_tokens_details": {"cached_tokens": 1000, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 120}}
+RESPONSES = {"input_tokens": 1200, "output_tokens": 300, "total_tokens": 1500,
+             "input_tokens_details": {"cached_tokens": 1000}, "output_tokens_details": {"reasoning_tokens": 120}}
+ANTHROPIC = {"input_tokens": 100, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 100,
+             "output_tokens": 300}
+
+
+@pytest.mark.parametrize("reported, expected", [
+    (CHAT, TokenUsage(1200, 1000, 300, 120)),
+    (RESPONSES, TokenUsage(1200, 1000, 300, 120)),
+    (ANTHROPIC, TokenUsage(1200, 1000, 300, 0, 100)),
+    ({"prompt_tokens": 9, "completion_tokens": 1}, TokenUsage(9, 0, 1, 0)),
+    ({"input_tokens": 5, "output_tokens": 2}, TokenUsage(5, 0, 2)),
+    # inconsistent or hostile reports are clamped, never negative
+    ({"prompt_tokens": -5, "completion_tokens": "7"}, TokenUsage(0, 0, 0)),
+    ({"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 99}, "completion_tokens": 3,
+      "completion_tokens_details": {"reasoning_tokens": 50}}, TokenUsage(10, 10, 3, 3)),
+    ({"prompt_tokens": True, "completion_tokens": float("nan")}, TokenUsage(0, 0, 0)),
+    ({"total_tokens": 10}, None),
+    ("not a mapping", None),
+    (None, None),
+])
+def test_from_reported(reported, expected):
+    assert TokenUsage.from_reported(reported) == expected
+
+
+def test_parts_never_exceed_the_whole():
+    u = TokenUsage(input=10, cached_input=8, output=5, reasoning=9, cache_write=7)
+    assert (u.cached_input, u.cache_write, u.reasoning) == (8, 2, 5)
+
+
+def test_whole_chat_answer():
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-2024-08-06",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": "hi"}},
+                        {"index": 1, "finish_reason": "length", "message": {"content": "h"}}],
+            "usage": CHAT}
+    facts = response_facts(json.dumps(body).encode())
+    assert facts == ResponseFacts(TokenUsage(1200, 1000, 300, 120), "gpt-4o-2024-08-06", "chatcmpl-1",
+                                  ("stop", "length"))
+
+
+def test_whole_messages_and_responses_answers():
+    msg = {"id": "msg_1", "type": "message", "model": "claude-x", "stop_reason": "end_turn", "usage": ANTHROPIC}
+    assert response_facts(json.dumps(msg).encode()).finish_reasons == ("end_turn",)
+    resp = {"id": "resp_1", "object": "response", "model": "gpt-x", "status": "completed", "usage": RESPONSES}
+    facts = response_facts(json.dumps(resp).encode())
+    assert facts.finish_reasons == ("completed",) and facts.usage == TokenUsage(1200, 1000, 300, 120)
+
+
+def test_stream_tail_with_nested_usage():
+    chunks = [{"id": "c1", "model": "m-1", "choices": [{"delta": {"content": "x"}, "finish_reason": None}],
+               "usage": None},
+              {"id": "c1", "model": "m-1", "choices": [{"delta": {}, "finish_reason": "stop"}], "usage": CHAT}]
+    tail = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    facts = response_facts(tail[5:])   # a tail starts anywhere
+    assert facts.usage == TokenUsage(1200, 1000, 300, 120)
+    assert facts.model == "m-1" and facts.finish_reasons == ("stop",)
+
+
+@pytest.mark.parametrize("blob", [None, b"", b"{not json", b"data: [DONE]\n\n", b'"usage": {broken',
+                                  b"\xff\xfe" * 10, b"[1, 2]"])
+def test_garbage_gives_no_facts(blob):
+    facts = response_facts(blob)
+    assert facts.usage is None and facts.finish_reasons == ()
