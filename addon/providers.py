@@ -11,7 +11,7 @@ host, plus the top-level `hosts:` list.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -160,3 +160,19 @@ def parse_providers(data: Any, source: str = "<memory>") -> Providers:
 def load_providers(source: str | Path = DEFAULT_PROVIDERS) -> Providers:
     blob = read_source(source)
     return parse_providers(decode_yaml_or_json(blob, str(source)), str(source))
+
+
+@dataclass(frozen=True)
+class MissingKey:
+    provider: str
+    env_var: str
+
+
+def missing_keys(providers: Providers, names: Iterable[str], env: Mapping[str, str]) -> list[MissingKey]:
+    """The providers among `names` (e.g. the catalog's) whose key variable is unset or empty in `env`."""
+    out = []
+    for name in sorted(set(names)):
+        p = providers.get(name)
+        if p is not None and not env.get(p.spec.key_env):
+            out.append(MissingKey(name, p.spec.key_env))
+    return out

@@ -1,0 +1,140 @@
+"""OpenTelemetry: one span per governed call, exported over OTLP/HTTP.
+
+    otlp_endpoint(option, env) -> URL | None   where spans go (None: spans off)
+    Spans(endpoint, env=...)                   a TracerProvider of its own (never the global one)
+      .observe(outcome)                        one CLIENT span, GenAI semantic conventions
+      .close()                                 flush and stop the export thread
+
+Spans follow the GenAI semantic conventions (`gen_ai.operation.name`,
+`gen_ai.provider.name` and the older `gen_ai.system`, `gen_ai.request.model`,
+`gen_ai.response.model`, `gen_ai.usage.*`, `gen_ai.response.finish_reasons`)
+plus `routecar.*` attributes (trace id, tenant, policy fingerprint, attempts,
+entry, outcome, cost). A call that carries a W3C `traceparent` becomes a child of
+the app's span. No content attribute is ever set (`CallOutcome` holds no
+payload); for a `no_log` call `observe` also drops any that a future change
+might add (`CONTENT_ATTRIBUTES`).
+
+The span is built once the call is over, with its real start and end times, and
+handed to a BatchSpanProcessor: a queue read by the SDK's own thread, so the
+proxy's event loop never waits for the collector (a full queue drops spans).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as GA
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .outcome import CallOutcome
+
+ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+TRACES_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+
+# routecar provider name -> the conventions' well-known gen_ai.provider.name value.
+PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "google": "gcp.gemini",
+                  "mistral": "mistral_ai", "azure": "azure.ai.openai", "groq": "groq", "deepseek": "deepseek",
+                  "xai": "x_ai", "perplexity": "perplexity", "cohere": "cohere", "bedrock": "aws.bedrock"}
+CONTENT_ATTRIBUTES = frozenset({GA.GEN_AI_INPUT_MESSAGES, GA.GEN_AI_OUTPUT_MESSAGES, GA.GEN_AI_SYSTEM_INSTRUCTIONS,
+                                GA.GEN_AI_PROMPT, GA.GEN_AI_COMPLETION, GA.GEN_AI_TOOL_CALL_ARGUMENTS,
+                                GA.GEN_AI_TOOL_CALL_RESULT, GA.GEN_AI_TOOL_DEFINITIONS})
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def otlp_endpoint(option: str, env: Mapping[str, str]) -> str | None:
+    """The OTLP/HTTP traces URL: the option (a collector base URL, like the standard
+    variable), else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, else
+    OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces. None when none is set or OTEL_SDK_DISABLED."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" and not option:
+        return None
+    if option:
+        base = option.strip()
+        return base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
+    if env.get(TRACES_ENDPOINT_ENV):
+        return env[TRACES_ENDPOINT_ENV].strip()
+    if env.get(ENDPOINT_ENV):
+        return env[ENDPOINT_ENV].strip().rstrip("/") + "/v1/traces"
+    return None
+
+
+def _resource(env: Mapping[str, str]) -> Resource:
+    resource = Resource.create({})   # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    name = resource.attributes.get(SERVICE_NAME)
+    if env.get("OTEL_SERVICE_NAME") or (isinstance(name, str) and not name.startswith("unknown_service")):
+        return resource
+    return resource.merge(Resource({SERVICE_NAME: "routecar"}))
+
+
+class Spans:
+    def __init__(self, endpoint: str, *, env: Mapping[str, str], exporter: SpanExporter | None = None,
+                 schedule_delay_ms: float | None = None, timeout_s: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.provider = TracerProvider(resource=_resource(env))
+        self.exporter = exporter or OTLPSpanExporter(endpoint=endpoint, timeout=timeout_s)
+        self.provider.add_span_processor(BatchSpanProcessor(self.exporter, schedule_delay_millis=schedule_delay_ms))
+        self.tracer = self.provider.get_tracer("routecar")
+        self.propagator = TraceContextTextMapPropagator()
+
+    def _parent(self, headers: Mapping[str, str]) -> Context | None:
+        if not headers.get("traceparent"):
+            return None
+        return self.propagator.extract(headers)   # an invalid traceparent gives a root span
+
+    def attributes(self, o: CallOutcome) -> dict[str, Any]:
+        provider = PROVIDER_NAMES.get(o.provider or "", o.provider or "routecar")
+        attrs: dict[str, Any] = {
+            GA.GEN_AI_OPERATION_NAME: "chat",
+            GA.GEN_AI_PROVIDER_NAME: provider,
+            GA.GEN_AI_SYSTEM: provider,
+            GA.GEN_AI_REQUEST_MODEL: o.model or o.requested_model or "",
+            GA.GEN_AI_REQUEST_STREAM: o.stream,
+            "http.response.status_code": o.status,
+            "routecar.trace_id": o.trace_id,
+            "routecar.api": o.api,
+            "routecar.outcome": o.outcome,
+            "routecar.attempts": len(o.attempts),
+            "routecar.no_log": o.no_log,
+        }
+        facts, u = o.facts, o.usage
+        optional = {
+            GA.GEN_AI_RESPONSE_MODEL: facts.model, GA.GEN_AI_RESPONSE_ID: facts.response_id,
+            GA.GEN_AI_RESPONSE_FINISH_REASONS: list(facts.finish_reasons) or None,
+            GA.GEN_AI_USAGE_INPUT_TOKENS: u.input if u else None,
+            GA.GEN_AI_USAGE_OUTPUT_TOKENS: u.output if u else None,
+            GA.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: (u.cached_input or None) if u else None,
+            GA.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: (u.cache_write or None) if u else None,
+            GA.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: (u.reasoning or None) if u else None,
+            "error.type": None if o.ok else o.outcome,
+            "routecar.tenant": o.tenant, "routecar.policy.fingerprint": o.fingerprint,
+            "routecar.entry": o.entry, "routecar.requested_model": o.requested_model, "routecar.mode": o.mode,
+            "routecar.fallback": True if o.fell_back else None,
+            "routecar.cost_usd": o.cost.usd if o.cost else None,
+            "routecar.cost_source": o.cost.source if o.cost else None,
+            "routecar.est_cost_usd": o.est_cost,
+            "routecar.ttfb_ms": round(o.ttfb_s * 1000, 2) if o.ttfb_s is not None else None,
+        }
+        attrs.update((k, v) for k, v in optional.items() if v is not None)
+        return attrs
+
+    def observe(self, o: CallOutcome) -> None:
+        start = int(o.start * 1e9)
+        attrs = self.attributes(o)
+        if o.no_log:   # enforced here, where the span is made, whatever `attributes` returns
+            attrs = {k: v for k, v in attrs.items() if k not in CONTENT_ATTRIBUTES}
+        span = self.tracer.start_span(f"chat {attrs[GA.GEN_AI_REQUEST_MODEL]}".rstrip(),
+                                      context=self._parent(o.trace_context), kind=SpanKind.CLIENT,
+                                      attributes=attrs, start_time=start)
+        if not o.ok:
+            span.set_status(Status(StatusCode.ERROR, o.outcome))
+        span.end(end_time=start + int(o.duration_s * 1e9))
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.provider.force_flush(int(timeout_s * 1000))
+        self.provider.shutdown()
