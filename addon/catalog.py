@@ -2,6 +2,10 @@
 
 Validated with pydantic; errors name the entry and the field. Extra fields on
 entries are allowed and become rule fields (their type inferred, see fields.py).
+
+An entry may omit `price_in` / `price_out`: they are then taken from
+genai-prices' list price for (provider, model), and `price_source` says so
+(`catalog` or `genai-prices`, a rule field like any other).
 """
 
 from __future__ import annotations
@@ -9,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field as PField, ValidationError, field_validator
@@ -39,6 +43,7 @@ class CatalogEntry(BaseModel):
     max_output: int = PField(gt=0)
     capabilities: tuple[str, ...] = ()
     zdr: bool = False
+    price_source: Literal["catalog", "genai-prices"] = "catalog"
 
     @field_validator("capabilities", mode="before")
     @classmethod
@@ -95,7 +100,38 @@ def _registry_for(rows: Sequence[Mapping[str, Any]]) -> FieldRegistry:
     return FieldRegistry.build(extra)
 
 
-def parse_catalog(data: Any, source: str = "<memory>") -> Catalog:
+# (provider, model) -> (price_in, price_out) USD per 1M tokens, or None if unknown.
+PriceLookup = Callable[[str, str], tuple[float, float] | None]
+
+
+def genai_list_price(provider: str, model: str) -> tuple[float, float] | None:
+    """genai-prices' list price. Imported here, on first use: genai-prices takes ~0.4 s to
+    import, which only a catalog that omits a price should pay (not `import routecar`)."""
+    from .pricing import Pricer
+    found = Pricer().list_price(provider, model)
+    return None if found is None else (found.price_in, found.price_out)
+
+
+def _fill_prices(raw: Mapping[str, Any], prices: PriceLookup, problems: list[str], label: str) -> Mapping[str, Any]:
+    """`raw` with a missing price_in/price_out taken from `prices` (and price_source set)."""
+    missing = [k for k in ("price_in", "price_out") if raw.get(k) is None]
+    if not missing:
+        return raw
+    provider, model = raw.get("provider"), raw.get("model")
+    found = prices(provider, model) if isinstance(provider, str) and isinstance(model, str) else None
+    if found is None:
+        problems.append(f"entry {label}: {' and '.join(missing)} not given and genai-prices has no price "
+                        f"for {provider}/{model}: give {', '.join(missing)} (USD per 1M tokens)")
+        return raw
+    filled = dict(raw)
+    for key, value in zip(("price_in", "price_out"), found):
+        if key in missing:
+            filled[key] = value
+    filled["price_source"] = "genai-prices"
+    return filled
+
+
+def parse_catalog(data: Any, source: str = "<memory>", prices: PriceLookup = genai_list_price) -> Catalog:
     """Validate already-decoded catalog data (a list, or a mapping with `entries`)."""
     if isinstance(data, Mapping):
         data = data.get("entries")
@@ -106,6 +142,11 @@ def parse_catalog(data: Any, source: str = "<memory>") -> Catalog:
     problems: list[str] = []
     for i, raw in enumerate(data):
         label = raw.get("id", f"#{i}") if isinstance(raw, Mapping) else f"#{i}"
+        if isinstance(raw, Mapping):
+            before = len(problems)
+            raw = _fill_prices(raw, prices, problems, f"{label!s} (entries[{i}])")
+            if len(problems) > before:
+                continue
         try:
             entry = CatalogEntry.model_validate(raw)
         except ValidationError as e:

@@ -47,6 +47,8 @@ CORE_FIELDS: tuple[Field, ...] = (
     Field("bench_intelligence", "number", "quality score in [0, 1]", 0.57),
     Field("price_in", "number", "USD per 1M input tokens", 3.0),
     Field("price_out", "number", "USD per 1M output tokens", 15.0),
+    Field("price_source", "string", "where price_in/price_out come from: 'catalog' or 'genai-prices'",
+          "catalog"),
     Field("context_window", "integer", "max tokens of prompt + output", 200000),
     Field("max_output", "integer", "max output tokens", 16384),
     Field("capabilities", "list[string]", "what the model supports: tools, vision, json, ...", "tools"),

@@ -19,11 +19,11 @@ million tokens of each kind and multiplies afterwards (`_Linear`); tiered prices
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from genai_prices import Usage as GenaiUsage
 from genai_prices.data_snapshot import get_snapshot
@@ -174,3 +174,48 @@ class Pricer:
         calc = ref[1].calc_price(_genai_usage(usage), ref[0], genai_request_timestamp=self.clock())
         return float(calc.total_price)
 
+
+
+class PricedEntry(Protocol):
+    """What `price_drift` reads of a catalog entry."""
+
+    id: str
+    provider: str
+    model: str
+    price_in: float
+    price_out: float
+    price_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceDrift:
+    entry: str
+    field: str          # "price_in" or "price_out"
+    catalog: float
+    genai: float
+
+    @property
+    def change(self) -> float:
+        """genai-prices relative to the catalog (+1.0: genai-prices says twice the catalog's price)."""
+        return self.genai / self.catalog - 1 if self.catalog else float("inf")
+
+    def describe(self) -> str:
+        return (f"{self.entry}: {self.field} {self.catalog:g} in the catalog, {self.genai:g} in genai-prices "
+                f"({self.change:+.0%})")
+
+
+def price_drift(entries: Sequence[PricedEntry], pricer: Pricer, threshold: float) -> list[PriceDrift]:
+    """Catalog prices that differ from genai-prices' list price by more than `threshold`
+    (0.2 = 20 %, relative to the larger of the two). Entries priced from genai-prices are skipped."""
+    out = []
+    for e in entries:
+        if e.price_source != CATALOG:
+            continue
+        listed = pricer.list_price(e.provider, e.model)
+        if listed is None:
+            continue
+        for field, ours, theirs in (("price_in", e.price_in, listed.price_in),
+                                    ("price_out", e.price_out, listed.price_out)):
+            if abs(ours - theirs) > threshold * max(ours, theirs):
+                out.append(PriceDrift(e.id, field, ours, theirs))
+    return out

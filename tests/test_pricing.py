@@ -101,3 +101,48 @@ def test_tiered_models_exist_in_the_sample():
     for ref in TIERED:
         price = get_snapshot().find_provider_model(ref[1], None, ref[0], None)[1].get_prices(NOW)
         assert not _Linear.applies(price), ref
+
+
+# -- the catalog takes missing prices from genai-prices; `check` compares the rest ------------
+
+from routecar.catalog import CatalogError, parse_catalog  # noqa: E402
+from routecar.pricing import price_drift  # noqa: E402
+
+ENTRY = {"id": "x/1", "provider": "openai", "model": "gpt-4o", "region": "us", "bench_intelligence": 0.5,
+         "context_window": 128000, "max_output": 4096}
+
+
+def test_catalog_entry_without_prices_takes_genai_prices():
+    cat = parse_catalog([ENTRY, {**ENTRY, "id": "x/2", "price_in": 1.0, "price_out": 2.0}])
+    filled, given = cat.entries
+    assert (filled.price_in, filled.price_out, filled.price_source) == (2.5, 10.0, "genai-prices")
+    assert (given.price_in, given.price_out, given.price_source) == (1.0, 2.0, "catalog")
+    assert cat.registry.get("price_source") is not None   # a rule field: ["eq", "price_source", "catalog"]
+
+
+def test_catalog_half_given_price():
+    (e,) = parse_catalog([{**ENTRY, "price_out": 99.0}]).entries
+    assert (e.price_in, e.price_out, e.price_source) == (2.5, 99.0, "genai-prices")
+
+
+def test_catalog_entry_without_prices_unknown_to_genai_prices_is_an_error():
+    with pytest.raises(CatalogError) as e:
+        parse_catalog([{**ENTRY, "model": "fake-model-for-tests"}], "cat.yaml")
+    assert ("entry x/1 (entries[0]): price_in and price_out not given and genai-prices has no price for "
+            "openai/fake-model-for-tests: give price_in, price_out (USD per 1M tokens)") in str(e.value)
+
+
+def test_injected_price_lookup():
+    (e,) = parse_catalog([ENTRY], prices=lambda provider, model: (7.0, 8.0)).entries
+    assert (e.price_in, e.price_out) == (7.0, 8.0)
+
+
+def test_price_drift(pricer):
+    cat = parse_catalog([{**ENTRY, "id": "close", "price_in": 2.6, "price_out": 10.0},
+                         {**ENTRY, "id": "far", "price_in": 5.0, "price_out": 10.0},
+                         {**ENTRY, "id": "fake", "model": "fake-model-for-tests", "price_in": 1, "price_out": 1},
+                         {**ENTRY, "id": "from-genai"}])
+    drift = price_drift(cat.entries, pricer, threshold=0.2)
+    assert [(d.entry, d.field) for d in drift] == [("far", "price_in")]
+    assert drift[0].describe() == "far: price_in 5 in the catalog, 2.5 in genai-prices (-50%)"
+    assert [d.entry for d in price_drift(cat.entries, pricer, threshold=0.01)] == ["close", "far"]
