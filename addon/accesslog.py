@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from .outcome import CallOutcome
-from .tracerows import scrub
+from .traces.rows import scrub
 
 log = logging.getLogger("routecar.access")
 MAX_FIELD = 64
