@@ -78,6 +78,11 @@ class TokenUsage:
                        _detail(usage, "output_tokens_details", "reasoning_tokens"), write)
         return None
 
+    def to_trace(self) -> dict[str, int]:
+        """The trace record's `usage` (decisions columns prompt/completion/cached/reasoning_tokens)."""
+        return {"prompt_tokens": self.input, "completion_tokens": self.output,
+                "cached_tokens": self.cached_input, "reasoning_tokens": self.reasoning}
+
     def to_dict(self) -> dict[str, int]:
         return {"input": self.input, "cached_input": self.cached_input, "output": self.output,
                 "reasoning": self.reasoning, "cache_write": self.cache_write}

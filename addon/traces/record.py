@@ -26,8 +26,10 @@ class TraceRecord:
     disposition: str = "routed"   # routed | refused | failed | passthrough (governance.Disposition)
     latency_ms: float | None = None
     ttfb_ms: float | None = None
+    # Token counts: prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens (usage.TokenUsage.to_trace)
     usage: Mapping[str, Any] | None = None
     actual_cost: float | None = None
+    cost_source: str | None = None   # "genai-prices" or "catalog" (pricing.py)
     decision: Decision | None = None
     attempts: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     request_body: bytes | str | None = None

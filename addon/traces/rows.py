@@ -214,7 +214,9 @@ def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[st
         "status": rec.status, "outcome": rec.outcome, "disposition": rec.disposition,
         "latency_ms": rec.latency_ms, "ttfb_ms": rec.ttfb_ms,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+        "cached_tokens": usage.get("cached_tokens"), "reasoning_tokens": usage.get("reasoning_tokens"),
         "est_cost": by_id.get(chosen_id or "", {}).get("est_cost"), "actual_cost": rec.actual_cost,
+        "cost_source": rec.cost_source,
         "attempts_count": len(rec.attempts), "no_log": int(rec.no_log), "stream": int(rec.stream),
         "mode": rec.mode, "decision": decision_json, "error": dumps_json(error),
     }

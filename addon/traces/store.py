@@ -103,6 +103,12 @@ def _v5_disposition(db: Database) -> None:
                "WHEN outcome = 'stream_broken' OR status >= 500 THEN 'failed' ELSE 'refused' END")
 
 
+def _v6_usage_details(db: Database) -> None:
+    """Cached input and reasoning tokens, and where `actual_cost`'s price came from (issue 13)."""
+    for column, kind in (("cached_tokens", "INTEGER"), ("reasoning_tokens", "INTEGER"), ("cost_source", "TEXT")):
+        db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
+
+
 # Append only: a migration's position is its version number.
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("tables", _v1_tables),
@@ -110,6 +116,7 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("catalogs", _v3_catalogs),
     ("candidate_sets", _v4_candidate_sets),
     ("disposition", _v5_disposition),
+    ("usage_details", _v6_usage_details),
 ]
 
 _CHILDREN = ("candidate_sets", "attempts", "payloads")
