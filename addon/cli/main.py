@@ -8,6 +8,7 @@
     routecar compile --tenant acme-free --tenants policies/tenants.yaml
     routecar traces --last 20          # recent decisions
     routecar explain rt_...            # the whole story of one decision
+    routecar spend --by tenant,day     # calls, tokens, estimated vs actual cost
     routecar demo                      # fake providers + sidecar + the official SDK
 """
 
@@ -35,6 +36,7 @@ from ..tenants.lookup import TenantLookup, check_store, open_tenants
 from ..tenants.rules import RuleSet
 from .inputs import read_policy, read_request
 from .render import CliError, make_console, print_policy_errors, print_table, print_warnings, render_decision
+from .spend import add_spend_command
 from .traces import add_commands
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -360,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="passed to the demo, e.g. --db PATH (where its traces are kept)")
 
     add_commands(command, catalog_opts, tenant_opts)
+    add_spend_command(command)
     return p
 
 
