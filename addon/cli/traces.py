@@ -65,6 +65,18 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _actual(row: Mapping[str, Any]) -> str:
+    """The actual cost and where its price came from (`*`: the catalog's, genai-prices did not know the model)."""
+    cost = _num(row.get("actual_cost"), ".6f")
+    return cost + "*" if row.get("cost_source") == "catalog" else cost
+
+
+def _token_details(row: Mapping[str, Any]) -> str:
+    parts = [f"{row[k]} {label}" for k, label in (("cached_tokens", "cached"), ("reasoning_tokens", "reasoning"))
+             if row.get(k)]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def cmd_traces(args: argparse.Namespace) -> int:
     """List recent routing decisions from the trace store, newest first.
 
@@ -86,7 +98,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     t = Table("time", "trace id", "tenant", "policy", "chosen entry", "status", "att.",
-              "latency ms", "est. cost", title=f"{len(rows)} trace(s), newest first")
+              "latency ms", "est. cost", "actual cost", title=f"{len(rows)} trace(s), newest first")
     for n in (1, 4):  # ids are what one copies into `routecar explain`: never wrap them
         t.columns[n].no_wrap = True
     for r in rows:
@@ -95,7 +107,9 @@ def cmd_traces(args: argparse.Namespace) -> int:
         colour = "green" if r["outcome"] == "ok" else "red"
         t.add_row(_when(r["ts"]), r["trace_id"], r["tenant"] or "-", r["fingerprint"] or "-",
                   r["chosen_entry"] or "-", f"[{colour}]{status}[/]", str(r["attempts_count"]),
-                  _num(r["latency_ms"], ".0f"), _num(r["est_cost"], ".6f"))
+                  _num(r["latency_ms"], ".0f"), _num(r["est_cost"], ".6f"), _actual(r))
+    if any(r.get("cost_source") == "catalog" for r in rows):
+        t.caption = "actual cost*: priced at the catalog's price_in/price_out (genai-prices does not know the model)"
     print_table(make_console(), t)
     return 0
 
@@ -210,8 +224,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     c.print(f"[bold]outcome[/] [{colour}]{trace['outcome']}[/] status={trace['status']}  "
             f"chosen={trace['chosen_entry'] or '-'}  latency={_num(trace['latency_ms'], '.0f')} ms  "
             f"ttfb={_num(trace['ttfb_ms'], '.0f')} ms  tokens={trace['prompt_tokens'] or '-'}"
-            f"+{trace['completion_tokens'] or '-'}  est. cost={_num(trace['est_cost'], '.6f')}  "
-            f"actual cost={_num(trace['actual_cost'], '.6f')}")
+            f"+{trace['completion_tokens'] or '-'}{_token_details(trace)}  est. cost={_num(trace['est_cost'], '.6f')}  "
+            f"actual cost={_num(trace['actual_cost'], '.6f')}"
+            + (f" ({trace['cost_source']} price)" if trace.get("cost_source") else ""))
     if trace["error"]:
         err = trace["error"].get("error", trace["error"])
         c.print(f"[bold]error[/] {err.get('code')}: {err.get('message')}", markup=False)
