@@ -18,6 +18,7 @@ million tokens of each kind and multiplies afterwards (`_Linear`); tiered prices
 
 from __future__ import annotations
 
+import importlib.metadata
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ class ListPrice:
     price_out: float
     model_id: str      # genai-prices' id of the model that matched
     provider_id: str
+
+
+def genai_version() -> str:
+    """The installed genai-prices release: its price data is bundled with it."""
+    return importlib.metadata.version("genai-prices")
 
 
 def list_cost(price_in: float, price_out: float, input_tokens: int, output_tokens: int) -> float:

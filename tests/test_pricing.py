@@ -146,3 +146,21 @@ def test_price_drift(pricer):
     assert [(d.entry, d.field) for d in drift] == [("far", "price_in")]
     assert drift[0].describe() == "far: price_in 5 in the catalog, 2.5 in genai-prices (-50%)"
     assert [d.entry for d in price_drift(cat.entries, pricer, threshold=0.01)] == ["close", "far"]
+
+
+def test_check_warns_about_price_drift(tmp_path, capsys):
+    import yaml
+
+    from routecar.cli.main import main
+
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(yaml.safe_dump({"entries": [
+        {**ENTRY, "id": "openai/far", "price_in": 5.0, "price_out": 10.0},
+        {**ENTRY, "id": "openai/genai"},
+        {**ENTRY, "id": "openai/fake", "model": "fake-model-for-tests", "price_in": 1.0, "price_out": 1.0}]}))
+    assert main(["check", "--catalog", str(cat)]) == 0
+    out = capsys.readouterr().out
+    assert "1 entry priced from it, 1 catalog price(s) differ by more than 20%" in out
+    assert "  warning openai/far: price_in 5 in the catalog, 2.5 in genai-prices (-50%)" in out
+    assert main(["check", "--catalog", str(cat), "--price-threshold", "0.6"]) == 0
+    assert "0 catalog price(s) differ by more than 60%" in capsys.readouterr().out

@@ -30,7 +30,7 @@ from ..fields import FieldRegistry
 from ..policy import parse_policy
 from ..policy.hints import catalog_warnings
 from ..policy.ops import describe_fields
-from ..providers import DEFAULT_PROVIDERS
+from ..providers import DEFAULT_PROVIDERS, missing_keys
 from ..shipped import POLICIES
 from ..tenants.lookup import TenantLookup, check_store, open_tenants
 from ..tenants.rules import RuleSet
@@ -53,6 +53,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     Example: routecar check policies/examples/free-tier.json
              echo '{"rules":[["eq","region","eu"]]}' | routecar check -
              routecar check --tenants policies/tenants.yaml      # catalog, providers, every tenant
+             routecar check --price-threshold 0.1                # also: catalog prices vs genai-prices
     """
     if args.policy is None:
         return check_config(args)
@@ -95,11 +96,17 @@ def check_config(args: argparse.Namespace) -> int:
     cat = engine.catalog
     print(f"catalog   {cat.source}: {len(cat.entries)} entries, {len(cat.providers())} providers, {cat.version}")
     print(f"providers {args.providers}: {len(providers.by_name)} (intercepting {len(providers.intercept_hosts)} hosts)")
-    missing = sorted({providers.by_name[p].spec.key_env for p in cat.providers()
-                      if not os.environ.get(providers.by_name[p].spec.key_env)})
+    missing = [m.env_var for m in missing_keys(providers, cat.providers(), os.environ)]
     if missing:
         print(f"keys      not set here: {', '.join(missing)} (calls to those providers answer 500 "
               f"provider_key_missing)")
+    from ..pricing import GENAI, Pricer, genai_version, price_drift   # genai-prices takes ~0.4 s to import
+    from_genai = sum(e.price_source == GENAI for e in cat.entries)
+    drift = price_drift(cat.entries, Pricer(), args.price_threshold)
+    print(f"prices    genai-prices {genai_version()}: {from_genai} entr{'y' if from_genai == 1 else 'ies'} priced "
+          f"from it, {len(drift)} catalog price(s) differ by more than {args.price_threshold:.0%}")
+    for d in drift:
+        print(f"  warning {d.describe()}")
     if isinstance(engine.tenants, TenantLookup):
         assert engine.rules is not None
         return _check_tenant_database(engine.tenants, engine.rules, engine.catalog.registry, args.rules)
@@ -340,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("policy", nargs="?", help="policy file (JSON or YAML), '-' for stdin, or inline JSON")
     sp.add_argument("--json", action="store_true", help="print JSON instead of text")
     providers_opt(sp)
+    sp.add_argument("--price-threshold", type=float, default=0.2, metavar="SHARE",
+                    help="warn when a catalog price differs from genai-prices by more than this (default 0.2 = 20%%)")
     catalog_opts(sp)
     tenant_opts(sp)
 
