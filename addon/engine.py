@@ -27,7 +27,7 @@ from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
 from .policy.hints import catalog_warnings
 from .policy.ops import describe_fields
-from .providers import FORWARD_HEADERS, Providers
+from .providers import FORWARD_HEADERS, Providers, missing_keys
 from .reloading import ReloadingSource
 from .tenants.identify import DEFAULT_ORDER, Identification, TenantIndex, identify
 from .tenants.lookup import BlockingView, TenantLookup, identify_async
@@ -385,7 +385,9 @@ class Engine:
             table = self.tenants.current()
             body["tenants"] = {"source": self.tenants.label, "version": table.version,
                                "count": len(table.ids()), "last_error": self.tenants.last_error}
+        missing = missing_keys(self.providers, cat.providers(), self.env)
+        body["missing_keys"] = [{"provider": m.provider, "env_var": m.env_var} for m in missing]
         body.update(extra)
-        if self.catalog_source.last_error or (self.tenants and self.tenants.last_error):
+        if self.catalog_source.last_error or (self.tenants and self.tenants.last_error) or missing:
             body["status"] = "degraded"
         return body

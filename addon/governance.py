@@ -8,7 +8,8 @@ ungoverned ones untouched. Decision table, first match wins:
 
     where                                         what                           verdict
     regular mode, target routecar.local           anything                       DRY_RUN
-    reverse mode                                  path starts with /x/           DRY_RUN
+    reverse mode                                  path starts with /x/, or is    DRY_RUN
+                                                    /metrics (Prometheus)
     regular mode, no name of the target is a      anything                       OUTSIDE
       provider host
     provider-bound (reverse mode: every request)  the target's names disagree    REFUSE 400
@@ -55,6 +56,9 @@ OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-meth
 # Hosts whose callers speak the Anthropic API: refusals use Anthropic's error JSON.
 ANTHROPIC_HOSTS = frozenset({"api.anthropic.com"})
 DEFAULT_BASE_PATHS = frozenset({"/v1"})
+
+
+METRICS_PATH = "/metrics"   # Prometheus scrapes it at routecar.local, or the sidecar's own address
 
 
 class Kind(StrEnum):
@@ -184,7 +188,7 @@ class Governance:
             others = {normal_host(n) for n in (*names, headers.get("host")) if n}
             if not ({target} | others) & self.provider_hosts:
                 return Verdict(Kind.OUTSIDE)
-        elif path.startswith("/x/"):
+        elif path.startswith("/x/") or path == METRICS_PATH:
             return Verdict(Kind.DRY_RUN)
         else:
             others = set()

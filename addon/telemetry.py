@@ -24,6 +24,7 @@ from .catalog import CatalogEntry
 from .engine import Engine
 from .metrics import Metrics, SidecarState
 from .outcome import CallOutcome
+from .policy import Decision
 from .pricing import Cost, Pricer
 from .providers import MissingKey, missing_keys
 from .spans import Spans, otlp_endpoint
@@ -88,6 +89,14 @@ class Telemetry:
     def close(self) -> None:
         if self.spans is not None:
             self.spans.close()
+
+
+def est_cost_of(decision: Decision | None, entry_id: str | None) -> float | None:
+    """The decision's estimated cost for the entry that answered."""
+    if decision is None or entry_id is None:
+        return None
+    entries = decision.catalog.entries
+    return next((c for i, c in zip(decision.order, decision.costs) if entries[i].id == entry_id), None)
 
 
 def sidecar_state(engine: Engine, traces_stats: Mapping[str, Any] | None) -> SidecarState:

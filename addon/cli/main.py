@@ -261,6 +261,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["proxyauth"] = args.proxyauth
     if args.save:
         options["save_stream_file"] = args.save
+    if args.quiet:
+        options["routecar_access_log"] = False
     # How to point an app at it is logged once the port is bound (see Router.running).
     print(f"routecar: CA certificate {ca}\n"
           f"routecar: trust bundle (public roots + CA) {bundle}", file=sys.stderr, flush=True)
@@ -329,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "HTTPS_PROXY=http://TENANT:x@host:port")
     sp.add_argument("--save", help="save flows to this file (no_log payloads are never in it)")
     sp.add_argument("--drain-timeout", default="30", help="on SIGTERM, seconds calls in flight may take to finish")
+    sp.add_argument("--quiet", action="store_true", help="no access log line per governed call")
     sp.add_argument("--web", action="store_true", help="mitmweb UI (all default addons)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option")
 

@@ -1,23 +1,28 @@
 """One governed request as the router follows it (`Routed`, kept in flow.metadata), and what
-it becomes at the end: the `x-route-*` headers, the mitmweb comment and the trace record.
+it becomes at the end: the `x-route-*` headers, the mitmweb comment, the trace record and
+the `CallOutcome` metrics, spans and the access log see.
 
 No hooks here; `router.py` calls these.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..catalog import CatalogEntry
 from ..engine import Resolved
 from ..governance import Disposition, ErrorFormat, Kind
 from ..policy import Decision
+from ..outcome import CallOutcome
+from ..pricing import Cost
 from ..relay import StreamStats
+from ..spans import TRACE_HEADERS
+from ..telemetry import est_cost_of
 from ..traces.record import TraceRecord
 from ..upstream import Result
+from ..usage import ResponseFacts, response_facts
 
 
 @dataclass
@@ -96,8 +101,38 @@ def outcome(state: Routed, stats: StreamStats | None) -> tuple[str, Disposition]
     return ("ok" if res.status < 400 else "provider_error"), Disposition.ROUTED
 
 
-def trace_record(state: Routed, stats: StreamStats | None,
-                 catalog: list[dict[str, Any]] | None) -> TraceRecord:
+def answer_facts(state: Routed, stats: StreamStats | None) -> ResponseFacts:
+    """Usage, model and finish reasons of the answer (a stream: from its last bytes)."""
+    res = state.result
+    assert res is not None
+    return response_facts(bytes(stats.tail) if stats is not None else res.body)
+
+
+def answering_entry(state: Routed) -> CatalogEntry | None:
+    res, d = state.result, state.decision
+    return d.catalog.get(res.entry_id) if res is not None and d is not None and res.entry_id else None
+
+
+def call_outcome(state: Routed, stats: StreamStats | None, facts: ResponseFacts, cost: Cost | None) -> CallOutcome:
+    """The finished call as metrics, spans and the access log see it (no payload, no credential)."""
+    res, d, r = state.result, state.decision, state.resolved
+    assert res is not None
+    what, _ = outcome(state, stats)
+    entry = answering_entry(state)
+    duration_s = time.monotonic() - state.t0
+    return CallOutcome(
+        state.trace_id, time.time() - duration_s, duration_s, res.status, what, mode=state.mode,
+        tenant=r.tenant if r else None, claimed_tenant=None if r else getattr(res.error, "tenant", None),
+        fingerprint=r.policy.fingerprint if r else None, entry=entry.id if entry else None,
+        provider=entry.provider if entry else None, model=entry.model if entry else None,
+        requested_model=state.requested_model, attempts=res.attempts,
+        ttfb_s=res.ttfb_ms / 1000 if res.ttfb_ms is not None else None, no_log=state.no_log,
+        stream=bool(d and d.request.stream), facts=facts, cost=cost, est_cost=est_cost_of(d, res.entry_id),
+        trace_context={k: state.headers[k] for k in TRACE_HEADERS if k in state.headers})
+
+
+def trace_record(state: Routed, stats: StreamStats | None, catalog: list[dict[str, Any]] | None,
+                 facts: ResponseFacts | None = None, cost: Cost | None = None) -> TraceRecord:
     """The trace of a finished request. No payload for no_log, nor for passthrough (never held)."""
     res, d, r = state.result, state.decision, state.resolved
     assert res is not None
@@ -105,31 +140,16 @@ def trace_record(state: Routed, stats: StreamStats | None,
     response_body: bytes | None = None
     if not state.no_log and state.kind is not Kind.PASSTHROUGH:
         response_body = bytes(stats.captured) if stats is not None and stats.captured is not None else res.body
+    usage = (facts if facts is not None else answer_facts(state, stats)).usage
     return TraceRecord(
         trace_id=state.trace_id, ts=time.time(), tenant=r.tenant if r else getattr(res.error, "tenant", None),
         mode=state.mode, no_log=state.no_log, stream=bool(d and d.request.stream), status=res.status,
         outcome=what, disposition=disposition,
         latency_ms=round((time.monotonic() - state.t0) * 1000, 2), ttfb_ms=res.ttfb_ms,
-        usage=usage(bytes(stats.tail) if stats is not None else res.body),
+        usage=usage.to_trace() if usage else None,
+        actual_cost=cost.usd if cost else None, cost_source=cost.source if cost else None,
         decision=d, attempts=res.attempts,  # to_dict() runs in the writer thread
         request_body=state.request_body, response_body=response_body,
         error=res.error.to_openai() if res.error is not None else None,
         fingerprint=r.policy.fingerprint if r else None, digest=r.policy.digest if r else None,
         requested_model=state.requested_model, catalog=catalog)
-
-
-_USAGE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
-
-
-def usage(blob: bytes | None) -> dict[str, Any] | None:
-    """The last `usage` object of a response or an SSE stream's tail."""
-    if not blob:
-        return None
-    found = _USAGE.findall(blob)
-    if not found:
-        return None
-    try:
-        value = json.loads(found[-1])
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
