@@ -9,6 +9,9 @@ until `routecar run` exists):
   c  `routecar run`, reverse mode, requests carry an X-Route-Policy header
   d  `routecar run`, regular mode: CONNECT api.openai.com:443 + TLS via the proxy, policy header
   f  like c with `--traces off`: the cost of tracing, by difference
+  g  like c with `--set routecar_metrics=false`: the cost of metrics is c - g
+  q  like c with `--quiet` (no access log line): the cost of the access log is c - q
+  h  like c with OTel spans to a loopback OTLP/HTTP receiver: the cost of spans is h - c
 
 Every run is bounded by count (--requests) and time (--duration-cap). The
 upstream is a minimal asyncio HTTP/1.1 keep-alive server answering a fixed
@@ -63,7 +66,11 @@ CASE_TITLES = {
     "c": "routecar run, reverse + policy header",
     "d": "routecar run, regular (HTTPS_PROXY)",
     "f": "routecar run, reverse + policy, traces off",
+    "g": "routecar run, reverse + policy, metrics off",
+    "q": "routecar run, reverse + policy, access log off",
+    "h": "routecar run, reverse + policy, + OTel spans",
 }
+ROUTECAR_CASES = {"c", "d", "f", "g", "q", "h"}
 
 
 # --------------------------------------------------------------------------- upstream
@@ -319,7 +326,8 @@ class Target:
     cafile: str | None = None
 
 
-def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None) -> Target:
+def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None,
+               otlp_url: str | None = None) -> Target:
     up = f"http://127.0.0.1:{upstream_port}"
     conf = work / f"conf-{case}"
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_pin(cpus))
@@ -337,18 +345,24 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None)
     if case == "e":
         cmd = [PY, "-m", "routecar.mitm.master", "--listen", "127.0.0.1:0", "--mode", f"reverse:{up}",
                "--confdir", str(conf), "--set", "termlog_verbosity=error"]
-    else:  # c, d, f: every provider in providers.yaml points at the loopback upstream
+    else:  # c, d, f, g, q, h: every provider in providers.yaml points at the loopback upstream
         providers, keys = _loopback_providers(up, work / f"providers-{case}.yaml")
         env.update(keys)
         cmd = [str(BIN / "routecar"), "run", "--listen", "127.0.0.1:0", "--providers", str(providers),
                "--set", "termlog_verbosity=error"]
-        if case in ("c", "f"):
+        if case != "d":
             cmd += ["--mode", f"reverse:{up}"]
         if case == "f":  # the cost of tracing, by difference with c
             cmd += ["--traces", "off"]
+        if case == "g":  # the cost of metrics, by difference with c
+            cmd += ["--set", "routecar_metrics=false"]
+        if case == "q":  # the cost of the access log, by difference with c
+            cmd += ["--quiet"]
+        if case == "h":  # the cost of spans, by difference with c
+            env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url or "", "OTEL_BSP_SCHEDULE_DELAY": "500"})
     proc = subprocess.Popen(cmd, env=env, **quiet)
     addr = _wait_json(ready, proc)
-    if case in ("c", "f"):
+    if case != "d":
         return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY})
     if case == "d":
         ca = work / f"home-{case}" / "mitmproxy" / "mitmproxy-ca-cert.pem"
@@ -389,7 +403,8 @@ def load(t: Target, client: str, requests: int, conns: int, cap: float, cpus: se
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", default="a,b,e,c,f,d", help="comma list of a,b,c,d,e,f (default: all)")
+    p.add_argument("--cases", default="a,b,e,c,f,d",
+                   help="comma list of a,b,c,d,e,f,g,q,h (default: a,b,e,c,f,d)")
     p.add_argument("--plot", metavar="PNG", help="also plot p50/p99 latency vs concurrency (needs matplotlib: "
                                                  "pip install -e '.[bench]')")
     p.add_argument("--concurrency", default="1,16,64", help="comma list (default: 1,16,64)")
@@ -416,9 +431,14 @@ def main() -> int:
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     concs = [int(c) for c in args.concurrency.split(",")]
     notes: list[str] = []
-    if {"c", "d", "f"} & set(cases) and not routecar_run_available():
-        notes.append("c/d/f skipped: `routecar run` is not available yet (no `routecar` CLI with a `run` command).")
-        cases = [c for c in cases if c not in ("c", "d", "f")]
+    if ROUTECAR_CASES & set(cases) and not routecar_run_available():
+        notes.append("routecar cases skipped: `routecar run` is not available (no `routecar` CLI with a `run` command).")
+        cases = [c for c in cases if c not in ROUTECAR_CASES]
+    receiver = None
+    if "h" in cases:  # spans go to a real OTLP/HTTP receiver (a thread of this script, not the proxy)
+        sys.path.insert(0, str(ROOT))
+        from tests.fakes.otlp import OtlpReceiver
+        receiver = OtlpReceiver().__enter__()
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="routecar-bench-") as tmp:
@@ -429,7 +449,7 @@ def main() -> int:
             up_port = _wait_json(up_ready, upstream)["port"]
             for case in cases:
                 try:
-                    target = start_case(case, up_port, work, proxy_cpus)
+                    target = start_case(case, up_port, work, proxy_cpus, receiver.url if receiver else None)
                 except RuntimeError as e:
                     notes.append(f"{case}: proxy failed to start: {e}")
                     continue
@@ -453,6 +473,10 @@ def main() -> int:
                         _stop(target.proc)
         finally:
             _stop(upstream)
+            if receiver is not None:
+                notes.append(f"h: the OTLP receiver got {len(receiver.spans)} span(s) in {receiver.requests} "
+                             f"export request(s) (spans the SDK's queue dropped under load are not exported)")
+                receiver.__exit__()
 
     print(render(rows, client, args, pin, cpus_all, notes))
     if args.plot:
@@ -487,6 +511,25 @@ def plot(rows: list[dict], out: Path) -> str:
     return f"\n- plot written to {out}"
 
 
+DIFFERENCES = (("tracing", "c", "f"), ("metrics", "c", "g"), ("access log", "c", "q"), ("OTel spans", "h", "c"))
+
+
+def _differences(rows: list[dict]) -> list[str]:
+    """Added proxy CPU per request of each feature, by difference of two cases at the same concurrency."""
+    cpu = {(r["case"], r["conns"]): r["cpu_ms"] for r in rows if "cpu_ms" in r}
+    lines = []
+    for name, on, off in DIFFERENCES:
+        for conns in sorted({c for _, c in cpu}):
+            if (on, conns) in cpu and (off, conns) in cpu:
+                added = cpu[(on, conns)] - cpu[(off, conns)]
+                lines.append(f"| {name} ({on} - {off}) | {conns} | {cpu[(on, conns)]:.3f} | {cpu[(off, conns)]:.3f} | "
+                             f"{added:+.3f} | {added / cpu[(off, conns)]:+.0%} |")
+    if not lines:
+        return []
+    return ["", "| added CPU | conc | with ms/req | without ms/req | added ms/req | relative |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |", *lines]
+
+
 def render(rows: list[dict], client: str, args: argparse.Namespace, pin: bool, cpus: list[int],
            notes: list[str]) -> str:
     base = {r["conns"]: r["rps"] for r in rows if r["case"] == "b"}
@@ -501,6 +544,7 @@ def render(rows: list[dict], client: str, args: argparse.Namespace, pin: bool, c
         rss = f"{r['rss']:.0f}" if "rss" in r else "—"
         out.append(f"| {r['case']} {CASE_TITLES[r['case']]} | {r['conns']} | {r['requests']} | {r['rps']:.0f} | "
                    f"{r['p50'] * 1000:.2f} | {r['p99'] * 1000:.2f} | {ratio} | {cpu} | {rss} | {r['errors']} |")
+    out += _differences(rows)
     out += [f"\n- {n}" for n in notes]
     if client == "wrk" and "d" in {r["case"] for r in rows}:
         out.append("\n- d uses the asyncio client (wrk cannot CONNECT through a proxy).")
