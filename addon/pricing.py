@@ -183,14 +183,20 @@ class Pricer:
 
 
 class PricedEntry(Protocol):
-    """What `price_drift` reads of a catalog entry."""
+    """What `price_drift` reads of a catalog entry (read-only)."""
 
-    id: str
-    provider: str
-    model: str
-    price_in: float
-    price_out: float
-    price_source: str
+    @property
+    def id(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def price_in(self) -> float: ...
+    @property
+    def price_out(self) -> float: ...
+    @property
+    def price_source(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)

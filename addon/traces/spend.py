@@ -99,10 +99,13 @@ def spend(store: TraceStore, by: Sequence[str] = ("tenant",), *, since_ts: float
     except sqlite3.OperationalError as e:   # a database from before schema v5
         raise ValueError(f"{store.path}: cannot read spend ({e}); open it once with routecar >= schema v5") from e
     out = []
+    n = len(cols)
     for r in rows:
-        n = len(cols)
         if not cols and r[0] == 0:
-            return []
-        out.append(SpendRow(tuple(str(v) for v in r[:n]), *(int(v or 0) for v in r[n:n + 5]),
-                            float(r[n + 5] or 0), float(r[n + 6] or 0), *(int(v or 0) for v in r[n + 7:])))
+            return []   # no group and no call: no row (SQL gives one row of zeros)
+        m = list(r[n:])
+        out.append(SpendRow(tuple(str(v) for v in r[:n]), calls=int(m[0]), input_tokens=int(m[1]),
+                            cached_tokens=int(m[2]), output_tokens=int(m[3]), reasoning_tokens=int(m[4]),
+                            est_cost=float(m[5]), actual_cost=float(m[6]), unpriced=int(m[7] or 0),
+                            fallbacks=int(m[8] or 0), failures=int(m[9] or 0)))
     return out
