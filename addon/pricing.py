@@ -11,15 +11,18 @@ know (a private deployment, a test's fake model) is priced at its catalog entry'
 genai-prices' general calculation costs ~130 µs a call (unit registry, usage
 inference, validation). A price that is flat per token is linear in the token
 counts, so the Pricer asks genai-prices once per model price for the cost of one
-million tokens of each kind and multiplies afterwards (`_Linear`); tiered prices
-(a rate that depends on the prompt size) always take the full calculation.
-`tests/test_pricing.py` checks both give the same figures.
+million tokens of each kind and multiplies afterwards (`_Linear`, ~5 µs); a
+tiered price (the rate depends on the prompt size) is linear between its tier
+starts (`_Piecewise`). `tests/test_pricing.py` checks the figures equal
+genai-prices' own calculation for every model it prices.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import threading
+from bisect import bisect_left
+from copy import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,6 +103,34 @@ class _Linear:
                 + (u.output - u.reasoning) * self.output + u.reasoning * self.reasoning)
 
 
+def _at(price: ModelPrice, input_tokens: int) -> ModelPrice:
+    """`price` with every tiered rate fixed at the one that applies to `input_tokens` total input
+    tokens (genai-prices' "cliff" tiers: above a tier's start, every token pays its rate)."""
+    flat = copy(price)
+    for key, value in vars(price).items():
+        if isinstance(value, TieredPrices):
+            rate = value.base
+            for tier in reversed(value.tiers):
+                if input_tokens > tier.start:
+                    rate = tier.price
+                    break
+            flat.__dict__[key] = rate
+    return flat
+
+
+class _Piecewise:
+    """A tiered price: one `_Linear` per span of total input tokens between tier starts."""
+
+    __slots__ = ("starts", "spans")
+
+    def __init__(self, price: ModelPrice) -> None:
+        self.starts = sorted({t.start for v in vars(price).values() if isinstance(v, TieredPrices) for t in v.tiers})
+        self.spans = [_Linear(_at(price, at)) for at in (0, *(s + 1 for s in self.starts))]
+
+    def cost(self, u: TokenUsage) -> float:
+        return self.spans[bisect_left(self.starts, u.input)].cost(u)   # the tiers whose start is below the input
+
+
 class Pricer:
     """Prices calls. Thread-safe; lookups are cached per (provider, model).
 
@@ -112,7 +143,7 @@ class Pricer:
         self.clock = clock
         self.aliases = dict(aliases or {})
         self._refs: dict[tuple[str, str], tuple[GenaiProvider, ModelInfo] | None] = {}
-        self._linear: dict[int, tuple[ModelPrice, _Linear | None]] = {}
+        self._linear: dict[int, tuple[ModelPrice, _Linear | _Piecewise]] = {}
         self._lock = threading.Lock()
 
     def _ref(self, provider: str, model: str) -> tuple[GenaiProvider, ModelInfo] | None:
@@ -159,18 +190,14 @@ class Pricer:
         return Cost(list_cost(fallback[0], fallback[1], usage.input, usage.output), CATALOG)
 
     def _genai_cost(self, ref: tuple[GenaiProvider, ModelInfo], usage: TokenUsage) -> float:
-        provider, model = ref
+        model = ref[1]
         when = self.clock()
         price = model.get_prices(when)
         hit = self._linear.get(id(price))
         if hit is None or hit[0] is not price:
-            linear = _Linear(price) if _Linear.applies(price) else None
             with self._lock:
-                self._linear[id(price)] = hit = (price, linear)
-        if hit[1] is not None:
-            return hit[1].cost(usage)
-        calc = model.calc_price(_genai_usage(usage), provider, genai_request_timestamp=when)
-        return float(calc.total_price)
+                self._linear[id(price)] = hit = (price, _Linear(price) if _Linear.applies(price) else _Piecewise(price))
+        return hit[1].cost(usage)
 
     def exact_cost(self, provider: str, model: str, usage: TokenUsage) -> float | None:
         """genai-prices' own calculation, without the linear shortcut (for checks and tests)."""

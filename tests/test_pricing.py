@@ -66,29 +66,30 @@ def test_list_cost_formula():
     assert list_cost(2.0, 8.0, 500_000, 250_000) == pytest.approx(3.0)
 
 
-def _flat_models() -> list[tuple[str, str]]:
-    """Every (provider, model id) genai-prices resolves back to itself, with a flat token price."""
+def _models(flat: bool) -> list[tuple[str, str]]:
+    """Every (provider, model id) genai-prices resolves back to itself, with a flat or a tiered price."""
     out = []
     pricer = Pricer(clock=lambda: NOW)
     for provider in get_snapshot().providers:
         for model in provider.models:
             price = model.get_prices(NOW)
-            if (_Linear.applies(price) and getattr(price, "input_mtok", None) is not None
+            if (_Linear.applies(price) == flat and getattr(price, "input_mtok", None) is not None
                     and pricer.known(provider.id, model.id)):
                 out.append((provider.id, model.id))
     return out
 
 
-FLAT = _flat_models()
-assert len(FLAT) > 100   # the sample is the price data, not a handful
-TIERED = [("google", "gemini-2.5-pro"), ("anthropic", "claude-sonnet-4-5")]
+FLAT, TIERED = _models(True), _models(False)
+assert len(FLAT) > 100 and len(TIERED) > 20   # the sample is the price data, not a handful
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(FLAT + TIERED), st.integers(0, 2_000_000), st.integers(0, 200_000),
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(FLAT + TIERED), st.one_of(st.integers(0, 2_000_000), st.sampled_from(
+           [128_000, 128_001, 200_000, 200_001, 272_000, 272_001])), st.integers(0, 200_000),
        st.floats(0, 1), st.floats(0, 1), st.floats(0, 1))
 def test_fast_path_equals_genai_prices(pricer, ref, inp, out, cached_f, reason_f, write_f):
-    """The linear shortcut gives genai-prices' own figure for every flat-priced model."""
+    """The linear shortcut gives genai-prices' own figure for every model, tiered ones included
+    (inputs right at and just past common tier starts too)."""
     cached = int(inp * cached_f)
     usage = TokenUsage(inp, cached, out, int(out * reason_f), int((inp - cached) * write_f))
     fast = pricer.cost(*ref, usage)
@@ -97,10 +98,16 @@ def test_fast_path_equals_genai_prices(pricer, ref, inp, out, cached_f, reason_f
     assert fast.usd == pytest.approx(exact, rel=1e-9, abs=1e-12)
 
 
-def test_tiered_models_exist_in_the_sample():
-    for ref in TIERED:
-        price = get_snapshot().find_provider_model(ref[1], None, ref[0], None)[1].get_prices(NOW)
-        assert not _Linear.applies(price), ref
+@pytest.mark.parametrize("ref", [("google", "gemini-2.5-pro"), ("openai", "gpt-5.5")])
+def test_tier_boundaries(pricer, ref):
+    """Every tier start of a tiered model, on both sides, exactly as genai-prices says."""
+    price = get_snapshot().find_provider_model(ref[1], None, ref[0], None)[1].get_prices(NOW)
+    assert not _Linear.applies(price)
+    starts = {t.start for v in vars(price).values() if hasattr(v, "tiers") for t in v.tiers}
+    for start in starts:
+        for inp in (start - 1, start, start + 1):
+            usage = TokenUsage(inp, inp // 3, 1000, 100)
+            assert pricer.cost(*ref, usage).usd == pytest.approx(pricer.exact_cost(*ref, usage), rel=1e-9)
 
 
 # -- the catalog takes missing prices from genai-prices; `check` compares the rest ------------
