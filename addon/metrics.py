@@ -2,7 +2,7 @@
 
     Metrics(tenant_label=False, state=None)   one CollectorRegistry per instance (no global state)
       .observe(outcome)                        per governed call: counters and histograms
-      .exposition() -> (bytes, content type)   the text format Prometheus scrapes
+      .exposition(accept) -> (bytes, type)     the text (or OpenMetrics) format Prometheus scrapes
 
 Per call (labels from the catalog, so their number is bounded by it):
 
@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from .outcome import NONE, CallOutcome
@@ -178,5 +178,7 @@ class Metrics:
         if o.cost is not None and o.cost.usd > 0:
             cost[o.cost.source].inc(o.cost.usd)
 
-    def exposition(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The scrape body in the format the `Accept` header asks for (Prometheus text or OpenMetrics)."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type

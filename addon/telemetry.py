@@ -80,10 +80,10 @@ class Telemetry:
                     log.exception("routecar: %s failed for %s (the call itself is unaffected)",
                                   name, outcome.trace_id)
 
-    def metrics_exposition(self) -> tuple[int, bytes, str]:
+    def metrics_exposition(self, accept: str = "") -> tuple[int, bytes, str]:
         if self.metrics is None:
             return 404, b"metrics are off (routecar_metrics=false)\n", "text/plain; charset=utf-8"
-        body, content_type = self.metrics.exposition()
+        body, content_type = self.metrics.exposition(accept)
         return 200, body, content_type
 
     def close(self) -> None:

@@ -111,3 +111,11 @@ def test_scrape_time_state():
 def test_traces_off_has_no_trace_gauges():
     m = Metrics(state=lambda: SidecarState(traces=None))
     assert not any(k[0].startswith("routecar_trace") for k in samples(m))
+
+
+def test_openmetrics_when_asked():
+    m = Metrics()
+    m.observe(call())
+    body, ctype = m.exposition("application/openmetrics-text; version=1.0.0,text/plain;q=0.5")
+    assert ctype.startswith("application/openmetrics-text") and body.rstrip().endswith(b"# EOF")
+    assert b'routecar_calls_total{api="chat",model="gpt-x",outcome="ok",provider="openai"} 1.0' in body
