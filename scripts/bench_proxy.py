@@ -36,6 +36,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -428,7 +429,7 @@ def main() -> int:
     pin = not args.no_pin and len(cpus_all) >= 2
     proxy_cpus = {cpus_all[0]} if pin else None
     load_cpus = set(cpus_all[1:]) if pin else None
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]   # a case may repeat: each run is a row
     concs = [int(c) for c in args.concurrency.split(",")]
     notes: list[str] = []
     if ROUTECAR_CASES & set(cases) and not routecar_run_available():
@@ -516,7 +517,12 @@ DIFFERENCES = (("tracing", "c", "f"), ("metrics", "c", "g"), ("access log", "c",
 
 def _differences(rows: list[dict]) -> list[str]:
     """Added proxy CPU per request of each feature, by difference of two cases at the same concurrency."""
-    cpu = {(r["case"], r["conns"]): r["cpu_ms"] for r in rows if "cpu_ms" in r}
+    runs: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        if "cpu_ms" in r:
+            runs.setdefault((r["case"], r["conns"]), []).append(r["cpu_ms"])
+    # A case listed several times (--cases c,g,c,g: interleaved, so load drift hits both alike): the median.
+    cpu = {k: statistics.median(v) for k, v in runs.items()}
     lines = []
     for name, on, off in DIFFERENCES:
         for conns in sorted({c for _, c in cpu}):
@@ -526,7 +532,8 @@ def _differences(rows: list[dict]) -> list[str]:
                              f"{added:+.3f} | {added / cpu[(off, conns)]:+.0%} |")
     if not lines:
         return []
-    return ["", "| added CPU | conc | with ms/req | without ms/req | added ms/req | relative |",
+    return ["", "Added proxy CPU per request (median of the runs of each case):", "",
+            "| added CPU | conc | with ms/req | without ms/req | added ms/req | relative |",
             "| --- | ---: | ---: | ---: | ---: | ---: |", *lines]
 
 
