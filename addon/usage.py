@@ -64,10 +64,12 @@ class TokenUsage:
         if not isinstance(usage, Mapping):
             return None
         if "prompt_tokens" in usage or "completion_tokens" in usage:
+            # (a top-level cached_tokens / reasoning_tokens: the trace's own spelling, to_trace())
             return cls(_count(usage.get("prompt_tokens")),
-                       _detail(usage, "prompt_tokens_details", "cached_tokens"),
+                       _detail(usage, "prompt_tokens_details", "cached_tokens") or _count(usage.get("cached_tokens")),
                        _count(usage.get("completion_tokens")),
-                       _detail(usage, "completion_tokens_details", "reasoning_tokens"))
+                       _detail(usage, "completion_tokens_details", "reasoning_tokens")
+                       or _count(usage.get("reasoning_tokens")))
         if "input_tokens" in usage or "output_tokens" in usage:
             # Anthropic counts cache reads/writes outside input_tokens; Responses has no such keys.
             read = _count(usage.get("cache_read_input_tokens"))

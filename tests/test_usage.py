@@ -36,6 +36,11 @@ def test_from_reported(reported, expected):
     assert TokenUsage.from_reported(reported) == expected
 
 
+def test_trace_spelling_round_trips():
+    u = TokenUsage(1200, 1000, 300, 120)
+    assert TokenUsage.from_reported(u.to_trace()) == u
+
+
 def test_parts_never_exceed_the_whole():
     u = TokenUsage(input=10, cached_input=8, output=5, reasoning=9, cache_write=7)
     assert (u.cached_input, u.cache_write, u.reasoning) == (8, 2, 5)
