@@ -104,6 +104,8 @@ _USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
+_RESPONSE_OBJECT = re.compile(rb'"object"\s*:\s*"response"')
+_STATUS = re.compile(rb'"status"\s*:\s*"(completed|incomplete|failed|cancelled)"')
 _DECODER = json.JSONDecoder()
 
 
@@ -123,35 +125,16 @@ def _text(m: re.Match[bytes] | None) -> str | None:
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
-def _whole(doc: Mapping[str, Any]) -> ResponseFacts:
-    reasons: list[str] = []
-    for choice in doc.get("choices") or ():
-        if isinstance(choice, Mapping) and isinstance(choice.get("finish_reason"), str):
-            reasons.append(choice["finish_reason"])
-    if isinstance(doc.get("stop_reason"), str):            # Anthropic Messages
-        reasons.append(doc["stop_reason"])
-    if doc.get("object") == "response" and isinstance(doc.get("status"), str):   # Responses
-        reasons.append(doc["status"])
-    model, rid = doc.get("model"), doc.get("id")
-    return ResponseFacts(TokenUsage.from_reported(doc.get("usage")), model if isinstance(model, str) else None,
-                         rid if isinstance(rid, str) else None, tuple(reasons))
-
-
 def response_facts(blob: bytes | None) -> ResponseFacts:
-    """Facts from a whole JSON answer, or from the last bytes of an SSE stream."""
+    """Facts from a whole JSON answer or the last bytes of an SSE stream, without parsing the
+    answer: keys are found by pattern (inside a JSON string every quote is escaped, so
+    `"model": "` only matches the structure), and only the usage object is decoded."""
     if not blob:
         return ResponseFacts()
-    head = blob.lstrip()[:1]
-    if head == b"{":
-        try:
-            doc = json.loads(blob)
-        except (ValueError, RecursionError):
-            doc = None
-        if isinstance(doc, Mapping):
-            return _whole(doc)
-    # A stream's tail: the usage chunk and the final finish reason come last.
-    reasons = (_text(m) for m in _FINISH.finditer(blob))
+    reasons = [m.group(1).decode("utf-8", "replace") for m in _FINISH.finditer(blob)]
+    if _RESPONSE_OBJECT.search(blob):   # OpenAI Responses: the response's status says how it ended
+        reasons += [m.group(1).decode() for m in _STATUS.finditer(blob)]
     models = _MODEL.findall(blob)
     return ResponseFacts(TokenUsage.from_reported(_last_usage(blob)),
                          models[-1].decode("utf-8", "replace") if models else None,
-                         _text(_ID.search(blob)), tuple(dict.fromkeys(r for r in reasons if r)))
+                         _text(_ID.search(blob)), tuple(dict.fromkeys(reasons)))

@@ -79,3 +79,13 @@ def test_stream_tail_with_nested_usage():
 def test_garbage_gives_no_facts(blob):
     facts = response_facts(blob)
     assert facts.usage is None and facts.finish_reasons == ()
+
+
+def test_content_cannot_fake_the_facts():
+    """Text in the answer that spells keys is escaped JSON: it never counts as structure."""
+    fake = json.dumps({"model": "evil", "finish_reason": "hacked", "usage": {"prompt_tokens": 10 ** 9}})
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "model": "real-model",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": fake}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 7}}
+    facts = response_facts(json.dumps(body).encode())
+    assert facts == ResponseFacts(TokenUsage(5, 0, 7), "real-model", "chatcmpl-1", ("stop",))
