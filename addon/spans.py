@@ -64,6 +64,15 @@ def otlp_endpoint(option: str, env: Mapping[str, str]) -> str | None:
     return None
 
 
+def protocol_warning(env: Mapping[str, str]) -> str | None:
+    """routecar speaks OTLP/HTTP with protobuf only: say so when the environment asks for another."""
+    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "").strip()
+    if protocol and protocol != "http/protobuf":
+        return (f"routecar: OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported; spans are sent as "
+                f"http/protobuf (point the endpoint at the collector's OTLP/HTTP port, usually 4318)")
+    return None
+
+
 def _resource(env: Mapping[str, str]) -> Resource:
     resource = Resource.create({})   # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     name = resource.attributes.get(SERVICE_NAME)

@@ -10,7 +10,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from routecar.outcome import CallOutcome
 from routecar.pricing import Cost
-from routecar.spans import Spans, otlp_endpoint
+from routecar.spans import Spans, otlp_endpoint, protocol_warning
 from routecar.usage import ResponseFacts, TokenUsage
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -106,3 +106,11 @@ def test_no_log_never_has_content_attributes(spans, monkeypatch):
     no_log, kept = finished(exporter, s)
     assert "gen_ai.input.messages" in kept.attributes   # the test's injection works...
     assert not {"gen_ai.input.messages", "gen_ai.output.messages"} & set(no_log.attributes)  # ...and is dropped
+
+
+@pytest.mark.parametrize("env, warns", [
+    ({}, False), ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, False),
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, True), ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, True),
+])
+def test_protocol_warning(env, warns):
+    assert (protocol_warning(env) is not None) == warns
