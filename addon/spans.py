@@ -6,10 +6,14 @@
       .close()                                 flush and stop the export thread
 
 Spans follow the GenAI semantic conventions (`gen_ai.operation.name`,
-`gen_ai.provider.name` and the older `gen_ai.system`, `gen_ai.request.model`,
+`gen_ai.provider.name`, `gen_ai.request.model`,
 `gen_ai.response.model`, `gen_ai.usage.*`, `gen_ai.response.finish_reasons`)
 plus `routecar.*` attributes (trace id, tenant, policy fingerprint, attempts,
-entry, outcome, cost). A call that carries a W3C `traceparent` becomes a child of
+entry, cost). Every attribute costs CPU twice (checked when set, encoded when
+exported), so a span carries what a trace view shows; the rest of the story is
+in the trace DB under `routecar.trace_id`. `OTEL_TRACES_SAMPLER` (e.g.
+`parentbased_traceidratio` with `OTEL_TRACES_SAMPLER_ARG=0.1`) is honoured; an
+app's unsampled `traceparent` gives an unsampled span. A call that carries a W3C `traceparent` becomes a child of
 the app's span. No content attribute is ever set (`CallOutcome` holds no
 payload); for a `no_log` call `observe` also drops any that a future change
 might add (`CONTENT_ATTRIBUTES`).
@@ -21,7 +25,9 @@ proxy's event loop never waits for the collector (a full queue drops spans).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.context import Context
@@ -81,6 +87,34 @@ def _resource(env: Mapping[str, str]) -> Resource:
     return resource.merge(Resource({SERVICE_NAME: "routecar"}))
 
 
+class _DropWarnings(logging.Filter):
+    """The SDK logs a warning per span it drops from a full queue: under overload, a line per
+    call. Let one through a minute, saying how many were dropped since the last one."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.clock, self.every_s = clock, every_s
+        self.dropped, self._last = 0, -every_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Queue full"):
+            return True
+        self.dropped += 1
+        now = self.clock()
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        record.msg, record.args = ("routecar: span queue full, %d span(s) dropped so far (the collector or "
+                                   "the export thread cannot keep up; calls are unaffected)", (self.dropped,))
+        return True
+
+
+def _quiet_drop_warnings() -> None:
+    logger = logging.getLogger("opentelemetry.sdk._shared_internal")
+    if not any(isinstance(f, _DropWarnings) for f in logger.filters):   # once per process
+        logger.addFilter(_DropWarnings())
+
+
 class Spans:
     def __init__(self, endpoint: str, *, env: Mapping[str, str], exporter: SpanExporter | None = None,
                  schedule_delay_ms: float | None = None, timeout_s: float = 5.0) -> None:
@@ -88,6 +122,7 @@ class Spans:
         self.provider = TracerProvider(resource=_resource(env))
         self.exporter = exporter or OTLPSpanExporter(endpoint=endpoint, timeout=timeout_s)
         self.provider.add_span_processor(BatchSpanProcessor(self.exporter, schedule_delay_millis=schedule_delay_ms))
+        _quiet_drop_warnings()
         self.tracer = self.provider.get_tracer("routecar")
         self.propagator = TraceContextTextMapPropagator()
 
@@ -101,17 +136,15 @@ class Spans:
         attrs: dict[str, Any] = {
             GA.GEN_AI_OPERATION_NAME: "chat",
             GA.GEN_AI_PROVIDER_NAME: provider,
-            GA.GEN_AI_SYSTEM: provider,
             GA.GEN_AI_REQUEST_MODEL: o.model or o.requested_model or "",
-            GA.GEN_AI_REQUEST_STREAM: o.stream,
-            "http.response.status_code": o.status,
             "routecar.trace_id": o.trace_id,
             "routecar.api": o.api,
-            "routecar.outcome": o.outcome,
             "routecar.attempts": len(o.attempts),
             "routecar.no_log": o.no_log,
         }
         facts, u = o.facts, o.usage
+        # Each attribute costs CPU twice (validated when set, encoded when exported): only
+        # what a trace backend shows; the rest is in the trace DB under routecar.trace_id.
         optional = {
             GA.GEN_AI_RESPONSE_MODEL: facts.model, GA.GEN_AI_RESPONSE_ID: facts.response_id,
             GA.GEN_AI_RESPONSE_FINISH_REASONS: list(facts.finish_reasons) or None,
@@ -120,14 +153,13 @@ class Spans:
             GA.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: (u.cached_input or None) if u else None,
             GA.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: (u.cache_write or None) if u else None,
             GA.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: (u.reasoning or None) if u else None,
-            "error.type": None if o.ok else o.outcome,
+            GA.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: o.ttfb_s if o.stream else None,
+            "error.type": None if o.ok else o.outcome,   # routecar's outcome: upstream_failed, no_candidate...
+            "http.response.status_code": None if o.ok else o.status,
             "routecar.tenant": o.tenant, "routecar.policy.fingerprint": o.fingerprint,
-            "routecar.entry": o.entry, "routecar.requested_model": o.requested_model, "routecar.mode": o.mode,
-            "routecar.fallback": True if o.fell_back else None,
+            "routecar.entry": o.entry,
+            "routecar.requested_model": o.requested_model if o.requested_model != o.model else None,
             "routecar.cost_usd": o.cost.usd if o.cost else None,
-            "routecar.cost_source": o.cost.source if o.cost else None,
-            "routecar.est_cost_usd": o.est_cost,
-            "routecar.ttfb_ms": round(o.ttfb_s * 1000, 2) if o.ttfb_s is not None else None,
         }
         attrs.update((k, v) for k, v in optional.items() if v is not None)
         return attrs

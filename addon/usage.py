@@ -28,6 +28,8 @@ from typing import Any
 
 def _count(value: Any) -> int:
     """A token count as reported, or 0 for anything that is not a non-negative integer."""
+    if type(value) is int:   # the common case, first
+        return value if value > 0 else 0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return 0
     return max(0, int(value))
@@ -50,6 +52,10 @@ class TokenUsage:
     cache_write: int = 0      # part of `input` written to the cache (Anthropic)
 
     def __post_init__(self) -> None:
+        i, c, o, r, w = self.input, self.cached_input, self.output, self.reasoning, self.cache_write
+        if (type(i) is type(c) is type(o) is type(r) is type(w) is int
+                and 0 <= c and 0 <= w and c + w <= i and 0 <= r <= o):
+            return   # the common case: a consistent report
         # Providers report these separately; an inconsistent report is clamped, never trusted
         # to make a negative count (a negative price) downstream.
         for name in ("input", "cached_input", "output", "reasoning", "cache_write"):
@@ -107,13 +113,19 @@ _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
 _RESPONSE_OBJECT = re.compile(rb'"object"\s*:\s*"response"')
 _STATUS = re.compile(rb'"status"\s*:\s*"(completed|incomplete|failed|cancelled)"')
 _DECODER = json.JSONDecoder()
+_USAGE_WINDOW = 4096
 
 
 def _last_usage(blob: bytes) -> Any:
     """The last `"usage": {...}` object in `blob` (an SSE tail may cut earlier ones)."""
-    for m in reversed(list(_USAGE_KEY.finditer(blob))):
-        try:
-            value, _ = _DECODER.raw_decode(blob[m.end():].decode("utf-8", "replace"))
+    end = len(blob)
+    while (at := blob.rfind(b'"usage"', 0, end)) >= 0:
+        end = at
+        m = _USAGE_KEY.match(blob, at)
+        if m is None:
+            continue
+        try:   # a usage object is small: decode a bounded window, not the rest of the answer
+            value, _ = _DECODER.raw_decode(blob[m.end():m.end() + _USAGE_WINDOW].decode("utf-8", "replace"))
         except ValueError:
             continue
         if isinstance(value, Mapping):

@@ -61,14 +61,15 @@ def test_genai_conventions(spans):
     a = dict(span.attributes)
     assert span.name == "chat claude-x" and span.kind is SpanKind.CLIENT
     assert a["gen_ai.operation.name"] == "chat"
-    assert a["gen_ai.provider.name"] == a["gen_ai.system"] == "anthropic"
+    assert a["gen_ai.provider.name"] == "anthropic"
     assert a["gen_ai.request.model"] == "claude-x" and a["gen_ai.response.model"] == "claude-x-2025"
     assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (120, 30)
     assert a["gen_ai.usage.cache_read.input_tokens"] == 100 and a["gen_ai.usage.reasoning.output_tokens"] == 10
     assert a["gen_ai.response.finish_reasons"] == ("end_turn",)
     assert a["routecar.tenant"] == "acme" and a["routecar.policy.fingerprint"] == "pol_123456"
-    assert a["routecar.attempts"] == 2 and a["routecar.trace_id"] == "rt_abc" and a["routecar.fallback"] is True
+    assert a["routecar.attempts"] == 2 and a["routecar.trace_id"] == "rt_abc"
     assert a["routecar.cost_usd"] == 0.0042 and a["routecar.requested_model"] == "gpt-4o"
+    assert "error.type" not in a and "http.response.status_code" not in a
     assert span.end_time - span.start_time == pytest.approx(0.5e9, rel=1e-6)
     assert span.parent is None
     assert span.resource.attributes["service.name"] == "routecar"
@@ -114,3 +115,37 @@ def test_no_log_never_has_content_attributes(spans, monkeypatch):
 ])
 def test_protocol_warning(env, warns):
     assert (protocol_warning(env) is not None) == warns
+
+
+def test_drop_warnings_are_rate_limited():
+    import logging
+
+    from routecar.spans import _DropWarnings
+    now = [0.0]
+    f = _DropWarnings(clock=lambda: now[0], every_s=60)
+
+    def rec(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("opentelemetry.sdk._shared_internal", logging.WARNING, "", 0, msg, ("Span",), None)
+    shown = [f.filter(rec("Queue full, dropping %s.")) for _ in range(1000)]
+    assert shown.count(True) == 1 and f.dropped == 1000
+    now[0] = 61.0
+    r = rec("Queue full, dropping %s.")
+    assert f.filter(r) and "1001 span(s) dropped so far" in r.getMessage()
+    assert f.filter(rec("some other warning"))
+
+
+def test_sampling_is_honoured(monkeypatch):
+    exporter = InMemorySpanExporter()
+    s = Spans("http://127.0.0.1:9/v1/traces", env={}, exporter=exporter, schedule_delay_ms=10)
+    unsampled = PARENT[:-2] + "00"
+    s.observe(outcome(trace_context={"traceparent": unsampled}))   # the app did not sample: neither do we
+    s.observe(outcome())
+    assert [sp.attributes["routecar.trace_id"] for sp in finished(exporter, s)] == ["rt_abc"]
+    assert len(finished(exporter, s)) == 1
+    s.close()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    off = Spans("http://127.0.0.1:9/v1/traces", env={}, exporter=(none := InMemorySpanExporter()),
+                schedule_delay_ms=10)
+    off.observe(outcome())
+    off.close()
+    assert none.get_finished_spans() == ()

@@ -53,13 +53,12 @@ def test_one_span_per_call(sidecar, fake, receiver, stock):
     assert r.name == "chat gpt-5.5" and r.kind == 3   # SPAN_KIND_CLIENT
     a = r.attributes
     assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "openai"
-    assert a["gen_ai.system"] == "openai"
     assert a["gen_ai.request.model"] == "gpt-5.5" and a["gen_ai.response.model"] == "gpt-5.5"
     assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (usage.prompt_tokens,
                                                                                  usage.completion_tokens)
     assert a["gen_ai.response.finish_reasons"] == ("stop",)
     assert a["routecar.policy.fingerprint"] == root.headers["x-route-fingerprint"]
-    assert a["routecar.attempts"] == 1 and a["routecar.cost_source"] == "genai-prices" and a["routecar.cost_usd"] > 0
+    assert a["routecar.attempts"] == 1 and a["routecar.cost_usd"] > 0
     assert c.attributes["gen_ai.provider.name"] == "mistral_ai" and c.attributes["routecar.no_log"] is True
     assert r.end_ns > r.start_ns
     service = r.resource["service.name"]
