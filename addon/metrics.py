@@ -20,7 +20,7 @@ Read when scraped (`state()`, nothing per call):
     routecar_trace_write_errors_total, routecar_entry_healthy{entry,provider},
     routecar_entry_error_rate{entry,provider}, routecar_config_reloads_total{source},
     routecar_config_reload_failing{source}, routecar_provider_key_missing{provider,env_var},
-    routecar_catalog_info{version}
+    routecar_tenant_database_up, routecar_catalog_info{version}
 
 A tenant label only with `tenant_label=True` (option `routecar_metrics_tenant_label`):
 one series per tenant can be many; only tenants the table identified are labelled.
@@ -57,6 +57,7 @@ class SidecarState:
     providers: Sequence[str] = ()                               # the catalog's providers
     key_envs: Mapping[str, str] = field(default_factory=dict)   # provider -> key variable
     catalog_version: str | None = None
+    tenant_database_up: bool | None = None                      # None: no tenant database
 
 
 class _StateCollector(Collector):
@@ -101,6 +102,10 @@ class _StateCollector(Collector):
         for provider in s.providers:
             keys.add_metric([provider, s.key_envs.get(provider, "")], 1.0 if provider in missing else 0.0)
         yield keys
+        if s.tenant_database_up is not None:
+            yield GaugeMetricFamily("routecar_tenant_database_up",
+                                    "1 while the tenant database answers (0: cached tenants only, others get 503)",
+                                    value=1.0 if s.tenant_database_up else 0.0)
         if s.catalog_version:
             info = GaugeMetricFamily("routecar_catalog_info", "The catalog version in service", labels=["version"])
             info.add_metric([s.catalog_version], 1.0)

@@ -28,6 +28,7 @@ from .policy import Decision
 from .pricing import Cost, Pricer
 from .providers import MissingKey, missing_keys
 from .spans import Spans, otlp_endpoint
+from .tenants.lookup import TenantLookup
 from .usage import TokenUsage
 
 log = logging.getLogger("routecar")
@@ -103,14 +104,17 @@ def sidecar_state(engine: Engine, traces_stats: Mapping[str, Any] | None) -> Sid
     catalog = engine.catalog
     providers = catalog.providers()
     reloads = {"catalog": (engine.catalog_source.reloads, engine.catalog_source.last_error)}
-    if engine.tenants is not None:
+    database_up = None
+    if isinstance(engine.tenants, TenantLookup):   # a database looked up on demand: up or down
+        database_up = engine.tenants.status()["available"]
+    elif engine.tenants is not None:               # a file reloaded when it changes
         reloads["tenants"] = (engine.tenants.reloads, engine.tenants.last_error)
     return SidecarState(
         traces=traces_stats, health=engine.health.snapshot(),
         entry_providers={e.id: e.provider for e in catalog.entries}, reloads=reloads,
         missing_keys=missing_keys(engine.providers, providers, engine.env), providers=providers,
         key_envs={p: engine.providers.by_name[p].spec.key_env for p in providers if p in engine.providers.by_name},
-        catalog_version=catalog.version)
+        catalog_version=catalog.version, tenant_database_up=database_up)
 
 
 def key_warning(missing: Sequence[MissingKey]) -> str | None:

@@ -108,6 +108,11 @@ def test_scrape_time_state():
     assert value(m, "routecar_catalog_info", version="cat_abc") == 1
 
 
+def test_tenant_database_gauge():
+    assert value(Metrics(state=lambda: SidecarState(tenant_database_up=False)), "routecar_tenant_database_up") == 0
+    assert value(Metrics(state=lambda: SidecarState()), "routecar_tenant_database_up") is None
+
+
 def test_traces_off_has_no_trace_gauges():
     m = Metrics(state=lambda: SidecarState(traces=None))
     assert not any(k[0].startswith("routecar_trace") for k in samples(m))
