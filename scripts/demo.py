@@ -69,7 +69,7 @@ def wait_for_traces(db: Path, ids: list[str], timeout: float = 10.0) -> dict[str
                     q = ",".join("?" * len(ids))
                     rows = {r[0]: r for r in con.execute(
                         f"select trace_id, tenant, fingerprint, chosen_entry, est_cost, attempts_count, "
-                        f"outcome, no_log from decisions where trace_id in ({q})", ids)}
+                        f"outcome, no_log, actual_cost from decisions where trace_id in ({q})", ids)}
             except sqlite3.Error:
                 rows = {}
             if len(rows) == len(ids):
@@ -134,15 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         ids = [r["trace-id"] for r in results if r.get("trace-id")]
         rows = wait_for_traces(traces, ids)
 
-        t = Table("call", "tenant", "fingerprint", "model @ provider", "est. cost (USD)", "attempts", "outcome",
+        t = Table("call", "tenant", "fingerprint", "model @ provider", "cost USD est. / actual", "attempts", "outcome",
                   title="what routecar decided")
         for r in results:
-            row = rows.get(r.get("trace-id"), (None,) * 8)
+            row = rows.get(r.get("trace-id"), (None,) * 9)
             if r["ok"]:
                 what = f"{r['model']} @ {r['provider']}"
             else:
                 what = f"[red]{r['status']} {r['error']}[/]"
-            cost = f"{row[4]:.6f}" if row[4] is not None else "-"
+            cost = (f"{row[4]:.6f}" if row[4] is not None else "-") + " / " + (
+                f"{row[8]:.6f}" if row[8] is not None else "-")
             t.add_row(r["label"], row[1] or "-", row[2] or "-", what, cost, str(row[5] or "-"),
                       (row[6] or "-") + (" (no payload kept)" if row[7] else ""))
         print_table(console, t)
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[bold]4.[/] routecar explain {fell_back}  (its first choice failed)")
             subprocess.run([sys.executable, "-m", "routecar.cli", "explain", fell_back, "--db", str(traces)],
                            timeout=60)
+        console.print("[bold]5.[/] routecar spend --by tenant  (actual cost from the providers' reported usage)")
+        subprocess.run([sys.executable, "-m", "routecar.cli", "spend", "--since", "all", "--db", str(traces)],
+                       timeout=60)
         # Finished means: every call answered as expected (routed, or the one refusal) and was traced.
         expected = [c.get("expect", "ok") for c in CALLS]
         got = [(rows.get(r.get("trace-id")) or (None,) * 8)[6] for r in results]
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         again = [["traces", "--db", str(traces)]]
         if fell_back or ids:
             again.append(["explain", fell_back or ids[-1], "--db", str(traces)])
+        again.append(["spend", "--since", "all", "--db", str(traces)])
         for command in again:
             console.print("  " + routecar_command(*command), markup=False, highlight=False, soft_wrap=True)
         return 0 if ok else 1

@@ -76,7 +76,8 @@ def cmd_spend(args: argparse.Namespace) -> int:
                 chart_rows = spend(store, ["day", split], since_ts=since, until_ts=until, tenant=args.tenant)
         except ValueError as e:
             raise CliError(str(e)) from None
-    period = f"{_label(since, 'the beginning')} .. {_label(until, 'now')}"
+    period = ("all time" if since is None and until is None
+              else f"from {_label(since, 'the first trace')} until {_label(until, 'now')}")
     if args.json:
         print(json.dumps({"from": since, "until": until, "by": by, "rows": [r.to_dict(by) for r in rows]},
                          indent=2))
@@ -101,7 +102,7 @@ def cmd_spend(args: argparse.Namespace) -> int:
 
 def _table(rows: Sequence[SpendRow], by: Sequence[str], period: str) -> Table:
     t = Table(*by, "calls", "tokens in (cached)", "tokens out (reasoning)", "est. cost", "actual cost",
-              "unpriced", "fallbacks", "failures", title=f"spend {period}")
+              "unpriced", "fallbacks", "failures", title=f"spend, {period}")
     total = [0, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0]
     for r in rows:
         t.add_row(*r.keys, str(r.calls), f"{r.input_tokens} ({r.cached_tokens})",
