@@ -110,7 +110,7 @@ def test_traces_table(capsys, db):
     selected = dict_for(EU_POLICY)["selected"]
     assert selected in eu and "acme" in eu and "200 ok" in eu and parse_policy(EU_POLICY).fingerprint in eu
     failed = next(line for line in out.splitlines() if "rt_floor_failed" in line)
-    assert "502 upstream_failed" in failed and failed.split()[-3] == "2"  # attempts
+    assert "502 upstream_failed" in failed and failed.split()[-4] == "2"  # attempts (then ms, est., actual cost)
     assert "no_log" in next(line for line in out.splitlines() if "rt_nolog" in line)
 
 

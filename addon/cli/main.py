@@ -26,14 +26,12 @@ from rich.table import Table
 
 from ..catalog import DEFAULT_CATALOG, load_catalog
 from ..errors import InvalidPolicy, RoutecarError
-from ..fields import FieldRegistry
 from ..policy import parse_policy
 from ..policy.hints import catalog_warnings
 from ..policy.ops import describe_fields
-from ..providers import DEFAULT_PROVIDERS, missing_keys
+from ..providers import DEFAULT_PROVIDERS
 from ..shipped import POLICIES
-from ..tenants.lookup import TenantLookup, check_store, open_tenants
-from ..tenants.rules import RuleSet
+from .check import check_config, providers_arg, tenant_kwargs
 from .inputs import read_policy, read_request
 from .render import CliError, make_console, print_policy_errors, print_table, print_warnings, render_decision
 from .spend import add_spend_command
@@ -84,59 +82,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_config(args: argparse.Namespace) -> int:
-    """Load what `routecar run` would load, the same way, and say what is wrong (exit 2) or OK."""
-    from ..engine import Engine, check_catalog_providers
-    from ..health import HealthTracker
-    from ..reloading import ReloadingSource
-    providers = _providers(args)
-    source = ReloadingSource(args.catalog, lambda s: check_catalog_providers(load_catalog(s), providers),
-                             lambda: 0.0)
-    engine = Engine(source, providers, os.environ, HealthTracker(lambda: 0.0), **_tenant_kwargs(args))
-    cat = engine.catalog
-    print(f"catalog   {cat.source}: {len(cat.entries)} entries, {len(cat.providers())} providers, {cat.version}")
-    print(f"providers {args.providers}: {len(providers.by_name)} (intercepting {len(providers.intercept_hosts)} hosts)")
-    missing = [m.env_var for m in missing_keys(providers, cat.providers(), os.environ)]
-    if missing:
-        print(f"keys      not set here: {', '.join(missing)} (calls to those providers answer 500 "
-              f"provider_key_missing)")
-    from ..pricing import GENAI, Pricer, genai_version, price_drift   # genai-prices takes ~0.4 s to import
-    from_genai = sum(e.price_source == GENAI for e in cat.entries)
-    drift = price_drift(cat.entries, Pricer(), args.price_threshold)
-    print(f"prices    genai-prices {genai_version()}: {from_genai} entr{'y' if from_genai == 1 else 'ies'} priced "
-          f"from it, {len(drift)} catalog price(s) differ by more than {args.price_threshold:.0%}")
-    for d in drift:
-        print(f"  warning {d.describe()}")
-    if isinstance(engine.tenants, TenantLookup):
-        assert engine.rules is not None
-        return _check_tenant_database(engine.tenants, engine.rules, engine.catalog.registry, args.rules)
-    if engine.tenants is not None:
-        table = engine.tenants.current()
-        print(f"tenants   {engine.tenants.label}: {len(table.ids())} tenant(s), every one compiles "
-              f"with {args.rules}")
-    print("ok")
-    return 0
-
-
-def _check_tenant_database(lookup: TenantLookup, rules: RuleSet, registry: FieldRegistry, rules_path: str) -> int:
-    """Connected (or opening the lookup would have failed); now every row, streamed, compiled once."""
-    try:
-        found = check_store(lookup.store, rules, registry)
-    finally:
-        lookup.close()
-    print(f"tenants   {lookup.label}: connected, {found.tenants} tenant(s) read, looked up on demand")
-    for note in found.notes:
-        print(f"note      {note}")
-    if found.failures:
-        print(f"tenants   {found.failures} problem(s) with {rules_path}:", file=sys.stderr)
-        for problem in found.problems:
-            print(f"  {problem}", file=sys.stderr)
-        if found.failures > len(found.problems):
-            print(f"  ... and {found.failures - len(found.problems)} more", file=sys.stderr)
-        return 2
-    print(f"tenants   every one compiles with {rules_path}")
-    print("ok")
-    return 0
 
 
 def cmd_fields(args: argparse.Namespace) -> int:
@@ -167,8 +112,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
     from ..health import HealthTracker
     from ..reloading import ReloadingSource
     catalog_src = ReloadingSource(args.catalog, load_catalog, lambda: 0.0)
-    engine = Engine(catalog_src, _providers(args), os.environ, HealthTracker(lambda: 0.0),
-                    **_tenant_kwargs(args))
+    engine = Engine(catalog_src, providers_arg(args), os.environ, HealthTracker(lambda: 0.0),
+                    **tenant_kwargs(args))
     payload: dict[str, Any] = {}
     if args.policy:
         payload["policy"] = read_policy(args.policy)
@@ -185,18 +130,6 @@ def cmd_rank(args: argparse.Namespace) -> int:
         render_decision(decision.to_dict(), args.tenant, regions={e.id: e.region for e in decision.catalog.entries})
         print_warnings(warnings)
     return 0 if decision.selected else 1
-
-
-def _providers(args: argparse.Namespace) -> Any:
-    from ..providers import load_providers
-    return load_providers(args.providers)
-
-
-def _tenant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    if not getattr(args, "tenants", None):
-        return {}
-    from ..tenants.rules import load_rules
-    return {"tenants": open_tenants(args.tenants, clock=lambda: 0.0), "rules": load_rules(args.rules)}
 
 
 def cmd_env(args: argparse.Namespace) -> int:

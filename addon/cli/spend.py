@@ -130,7 +130,7 @@ def add_spend_command(command: Callable[[str, Any, str], argparse.ArgumentParser
     sp.add_argument("--until", help="end (exclusive), same forms (default: now)")
     sp.add_argument("--tenant", help="only this tenant's calls")
     out = sp.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true")
-    out.add_argument("--csv", action="store_true")
+    out.add_argument("--json", action="store_true", help="print JSON: the range, the keys and one object per row")
+    out.add_argument("--csv", action="store_true", help="print CSV with a header row (keys, then the measures)")
     sp.add_argument("--chart", metavar="PNG", help="also draw actual cost per day (stacked by the first "
                                                   "non-day key of --by) to this PNG (needs matplotlib)")

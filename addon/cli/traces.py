@@ -98,7 +98,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     t = Table("time", "trace id", "tenant", "policy", "chosen entry", "status", "att.",
-              "ms", "cost est. / actual", title=f"{len(rows)} trace(s), newest first")
+              "latency ms", "est. cost", "actual cost", title=f"{len(rows)} trace(s), newest first")
     for n in (1, 4):  # ids are what one copies into `routecar explain`: never wrap them
         t.columns[n].no_wrap = True
     for r in rows:
@@ -107,7 +107,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
         colour = "green" if r["outcome"] == "ok" else "red"
         t.add_row(_when(r["ts"]), r["trace_id"], r["tenant"] or "-", r["fingerprint"] or "-",
                   r["chosen_entry"] or "-", f"[{colour}]{status}[/]", str(r["attempts_count"]),
-                  _num(r["latency_ms"], ".0f"), f"{_num(r['est_cost'], '.6f')} / {_actual(r)}")
+                  _num(r["latency_ms"], ".0f"), _num(r["est_cost"], ".6f"), _actual(r))
     if any(r.get("cost_source") == "catalog" for r in rows):
         t.caption = "actual cost*: priced at the catalog's price_in/price_out (genai-prices does not know the model)"
     print_table(make_console(), t)
