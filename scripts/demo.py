@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         again = [["traces", "--db", str(traces)]]
         if fell_back or ids:
             again.append(["explain", fell_back or ids[-1], "--db", str(traces)])
-        again.append(["spend", "--since", "all", "--db", str(traces)])
         for command in again:
             console.print("  " + routecar_command(*command), markup=False, highlight=False, soft_wrap=True)
         return 0 if ok else 1
