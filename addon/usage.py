@@ -117,9 +117,12 @@ _USAGE_WINDOW = 4096
 
 
 def _last_usage(blob: bytes) -> Any:
-    """The last `"usage": {...}` object in `blob` (an SSE tail may cut earlier ones)."""
-    end = len(blob)
-    while (at := blob.rfind(b'"usage"', 0, end)) >= 0:
+    """The stream's usage: the last `"usage": {...}` object in `blob`, with the keys it lacks
+    taken from earlier ones (Anthropic streams report input tokens in `message_start` and
+    output tokens in `message_delta`). An SSE tail may have cut the earlier ones."""
+    merged: dict[str, Any] = {}
+    end, found = len(blob), 0
+    while found < 4 and (at := blob.rfind(b'"usage"', 0, end)) >= 0:
         end = at
         m = _USAGE_KEY.match(blob, at)
         if m is None:
@@ -129,8 +132,10 @@ def _last_usage(blob: bytes) -> Any:
         except ValueError:
             continue
         if isinstance(value, Mapping):
-            return value
-    return None
+            found += 1
+            for key, v in value.items():
+                merged.setdefault(key, v)
+    return merged or None
 
 
 def _text(m: re.Match[bytes] | None) -> str | None:

@@ -89,3 +89,27 @@ def test_content_cannot_fake_the_facts():
             "usage": {"prompt_tokens": 5, "completion_tokens": 7}}
     facts = response_facts(json.dumps(body).encode())
     assert facts == ResponseFacts(TokenUsage(5, 0, 7), "real-model", "chatcmpl-1", ("stop",))
+
+
+PAYLOADS = __import__("pathlib").Path(__file__).parent / "payloads"
+
+
+@pytest.mark.parametrize("name, usage, reasons", [
+    ("chat/answer_text.json", TokenUsage(24, 0, 8), ("stop",)),
+    ("chat/answer_tool_calls.json", TokenUsage(2120, 2048, 52), ("tool_calls",)),
+    ("chat/stream_text.sse", TokenUsage(31, 0, 9), ("stop",)),
+    ("chat/stream_tool_calls.sse", TokenUsage(2120, 2048, 52), ("tool_calls",)),
+    ("chat/stream_error.sse", None, ()),
+    ("messages/answer_tool_use.json", TokenUsage(472 + 1024 + 100, 1024, 89, 0, 100), ("tool_use",)),
+    # input tokens come in message_start, output tokens in message_delta: both are read
+    ("messages/stream_text.sse", TokenUsage(25, 0, 12), ("end_turn",)),
+    ("messages/stream_thinking.sse", TokenUsage(40, 0, 120), ("max_tokens",)),
+    ("messages/stream_tool_use.sse", TokenUsage(472 + 1024, 1024, 89), ("tool_use",)),
+    ("messages/error_overloaded.json", None, ()),
+    ("responses/answer_text.json", TokenUsage(21, 0, 8), ("completed",)),
+    ("responses/stream_text.sse", TokenUsage(21, 0, 8), ("completed",)),
+])
+def test_recorded_answers_of_every_shape(name, usage, reasons):
+    """The recorded provider payloads (tests/payloads, checked against the official SDK types)."""
+    facts = response_facts((PAYLOADS / name).read_bytes())
+    assert (facts.usage, facts.finish_reasons) == (usage, reasons)
