@@ -113,3 +113,11 @@ def test_recorded_answers_of_every_shape(name, usage, reasons):
     """The recorded provider payloads (tests/payloads, checked against the official SDK types)."""
     facts = response_facts((PAYLOADS / name).read_bytes())
     assert (facts.usage, facts.finish_reasons) == (usage, reasons)
+
+
+def test_a_shapes_usage_feeds_pricing_as_is():
+    """addon/apis reads usage per API shape; its Usage becomes a TokenUsage without loss."""
+    from routecar.apis.base import Usage
+
+    assert TokenUsage.from_reported(Usage(1200, 300, cached_tokens=1000).to_dict()) == TokenUsage(1200, 1000, 300)
+    assert TokenUsage.from_reported(Usage(12, 3).to_dict()) == TokenUsage(12, 0, 3)
