@@ -100,7 +100,9 @@ def est_cost_of(decision: Decision | None, entry_id: str | None) -> float | None
     return next((c for i, c in zip(decision.order, decision.costs) if entries[i].id == entry_id), None)
 
 
-def sidecar_state(engine: Engine, traces_stats: Mapping[str, Any] | None) -> SidecarState:
+def sidecar_state(engine: Engine | None, traces_stats: Mapping[str, Any] | None) -> SidecarState:
+    if engine is None:
+        return SidecarState(traces=traces_stats)
     catalog = engine.catalog
     providers = catalog.providers()
     reloads = {"catalog": (engine.catalog_source.reloads, engine.catalog_source.last_error)}

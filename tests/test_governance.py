@@ -207,6 +207,9 @@ def test_passthrough_prefixes_that_would_cover_governed_paths_fail_at_start(pref
 @pytest.mark.parametrize("method,path,headers,kind", [
     ("POST", CHAT, {"host": "127.0.0.1:8080"}, Kind.ROUTE),
     ("GET", "/x/fields", {}, Kind.DRY_RUN),
+    ("GET", "/metrics", {}, Kind.DRY_RUN),           # Prometheus scrapes the sidecar's own address
+    ("GET", "/metrics/", {}, Kind.REFUSE),
+    ("GET", "/v1/metrics", {}, Kind.REFUSE),
     ("POST", "/v1/responses", {}, Kind.REFUSE),
     ("GET", "/X/fields", {}, Kind.REFUSE),
     ("GET", "//x/fields", {}, Kind.REFUSE),

@@ -70,8 +70,9 @@ def test_telemetry_survives_reconfiguration():
     router = Router()
     with taddons.context(router) as tctx:
         configured(tctx, router)
-        first = router.telemetry
+        first = router.telemetry.current
         tctx.configure(router, routecar_max_body=1024)
-        assert router.telemetry is first
+        assert router.telemetry.current is first
         tctx.configure(router, routecar_metrics_tenant_label=True)
-        assert router.telemetry is not first and router.telemetry.metrics.tenant_label
+        new = router.telemetry.current
+        assert new is not first and new is not None and new.metrics is not None and new.metrics.tenant_label

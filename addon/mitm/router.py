@@ -44,14 +44,10 @@ from ..upstream import Result, Timeouts, new_session, try_plan
 from .drain import Drain
 from .flows import (check_forwarded, classify, decoded_headers, error_body, header_pairs, make_response, mode_of,
                     new_trace_id, proxy_user, redact_headers, request_bytes)
-from ..governance import METRICS_PATH
-from ..metrics import SidecarState
-from ..providers import missing_keys
-from ..spans import protocol_warning
-from ..telemetry import Telemetry, key_warning, sidecar_state
+from ..telemetry import sidecar_state
+from .observe import RouterTelemetry
 from .options import add_options, close_lookup, read_settings
-from .state import Routed, answer_facts, answering_entry, call_outcome, route_headers, summary, trace_record
-from .telemetry_options import OPTIONS as TELEMETRY_OPTIONS, add_telemetry_options, telemetry_config
+from .state import Routed, route_headers, summary, trace_record
 
 log = logging.getLogger("routecar")
 
@@ -71,12 +67,12 @@ class Router:
         self._scrubber, self._scrubber_keys = KeyScrubber(()), ()
         self.routed = self.passed = self.refused = 0
         self._catalogs_traced: set[str] = set()  # versions whose snapshot went to the store
-        self.telemetry: Telemetry | None = None
+        self.telemetry = RouterTelemetry()
 
     # -- configuration ----------------------------------------------------------------
     def load(self, loader: Any) -> None:
         add_options(loader)
-        add_telemetry_options(loader)
+        self.telemetry.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         if not any(k.startswith("routecar_") for k in updated) and self.engine is not None:
@@ -92,20 +88,9 @@ class Router:
         self.timeouts, self.traces_max_age = settings.timeouts, settings.traces_max_age
         self.drain.timeout_s = settings.drain_timeout
         close_lookup(previous.tenants if previous else None, self.engine)
-        self._configure_telemetry(updated)
+        self.telemetry.configure(updated, ctx.options, lambda: sidecar_state(
+            self.engine, self.writer.stats() if self.writer else None))   # the engine in service, when scraped
         self._set_allow_hosts()
-
-    def _configure_telemetry(self, updated: set[str]) -> None:
-        """Built once (its counters live as long as the sidecar), again only if its options change."""
-        if self.telemetry is not None and not updated & set(TELEMETRY_OPTIONS):
-            return
-        if self.telemetry is not None:
-            self.telemetry.close()
-        self.telemetry = Telemetry.build(telemetry_config(ctx.options), os.environ, state=self._sidecar_state)
-
-    def _sidecar_state(self) -> SidecarState:
-        assert self.engine is not None
-        return sidecar_state(self.engine, self.writer.stats() if self.writer else None)
 
     def _set_allow_hosts(self) -> None:
         """Decrypt only provider hosts: other HTTPS is tunnelled and never sees our CA."""
@@ -136,14 +121,7 @@ class Router:
                  len(self.engine.catalog.entries) if self.engine else 0,
                  self.writer.store_path if self.writer else "off")
         self._log_how_to_use()
-        if self.engine is not None:   # missing keys are loud: at start, in /x/healthz and in /metrics
-            warning = key_warning(missing_keys(self.engine.providers, self.engine.catalog.providers(), os.environ))
-            if warning:
-                log.warning(warning)
-        if self.telemetry is not None and self.telemetry.spans is not None:
-            log.info("routecar: OTLP spans to %s", self.telemetry.spans.endpoint)
-            if warning := protocol_warning(os.environ):
-                log.warning(warning)
+        self.telemetry.running(self.engine)
 
     def _log_how_to_use(self) -> None:
         """Where the app should point, with the port actually bound (also for port 0)."""
@@ -174,8 +152,7 @@ class Router:
         close_lookup(self.engine.tenants if self.engine else None, None)
         if self.writer is not None:
             self.writer.close(timeout=10)
-        if self.telemetry is not None:
-            self.telemetry.close()   # flushes the spans of the calls the drain let finish
+        self.telemetry.close()   # flushes the spans of the calls the drain let finish
 
     # -- hooks --------------------------------------------------------------------------
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -227,11 +204,8 @@ class Router:
         headers = decoded_headers(req)
         verdict = classify(self.governance, flow, headers)
         if verdict.kind is Kind.DRY_RUN:
-            if req.method == "GET" and req.path == METRICS_PATH and self.telemetry is not None:
-                status, body, content_type = self.telemetry.metrics_exposition(headers.get("accept", ""))
-                flow.response = http.Response.make(status, body, {"content-type": content_type})
-                return
-            await self._dry_run(flow, headers)
+            if not self.telemetry.answer_metrics(flow, headers):
+                await self._dry_run(flow, headers)
             return
         if verdict.kind in (Kind.OUTSIDE, Kind.PASSTHROUGH):
             return  # passthrough: decided in requestheaders (governed or not)
@@ -389,10 +363,7 @@ class Router:
             # A stream's health is booked when it ends: a provider that cuts every stream after
             # its first event cools down (no fallback was possible once bytes reached the client).
             self.engine.health.record(res.entry_id, ok, res.stream_ms if ok else None)
-        facts = answer_facts(state, stats)
-        cost = self.telemetry.cost(answering_entry(state), facts.usage) if self.telemetry is not None else None
-        if self.telemetry is not None:   # metrics, span, access line
-            self.telemetry.observe(call_outcome(state, stats, facts, cost))
+        facts, cost = self.telemetry.finish(state, stats)   # metrics, span, access line
         if self.writer is None:
             return
         catalog = self._catalog_snapshot(d)
