@@ -82,8 +82,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def cmd_fields(args: argparse.Namespace) -> int:
     """List the fields rules can use, with type, operators and an example.
 
