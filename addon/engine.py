@@ -10,6 +10,7 @@ endpoints (`/x/...`) are answered here too, so they behave the same in every mod
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from .apis import SHAPES, ApiName, Translation, api_for, translation
 from .bodies import loads_strict
 from .catalog import Catalog, CatalogEntry
 from .errors import (AdminTokenRequired, BadRequest, ConfigError, InvalidPolicy, MethodNotAllowed, NoCandidate,
@@ -53,6 +55,19 @@ class Outbound:
     url: str
     headers: dict[str, str]
     body: bytes
+    api_out: ApiName = "chat"
+    translation: Translation | None = None   # None: sent in the caller's own shape
+
+
+def protocol_headers(headers: dict[str, str], api_out: ApiName) -> dict[str, str]:
+    """The app's headers for a provider speaking `api_out`: another shape's protocol headers
+    dropped (`anthropic-*` to a chat provider, `openai-*` to a Messages one), and the shape's
+    defaults (`anthropic-version`) filled in when the app sent none."""
+    foreign = ("openai-",) if api_out == "messages" else ("anthropic-",)
+    out = {k: v for k, v in headers.items() if not k.startswith(foreign)}
+    for k, v in SHAPES[api_out].default_headers.items():
+        out.setdefault(k.lower(), v)
+    return out
 
 
 def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
@@ -256,15 +271,28 @@ class Engine:
         return Resolved(policy, tenant.id if tenant else None, method, ten_pol, req_pol)
 
     # -- decide -------------------------------------------------------------------------
-    def decide(self, policy: Policy, body: Mapping[str, Any], tenant: str | None = None) -> Decision:
-        decision = evaluate(policy, self.catalog, RequestProfile.from_body(body), self.health)
+    def api_providers(self, api_in: ApiName, native_only: bool) -> frozenset[str] | None:
+        """The providers that can carry a request in `api_in` (natively or translated), or None
+        when every provider can: the `fit:api` check."""
+        ok = frozenset(n for n, p in self.providers.by_name.items()
+                       if api_for(api_in, p.spec.apis, native_only) is not None)
+        return None if len(ok) == len(self.providers.by_name) else ok
+
+    def decide(self, policy: Policy, body: Mapping[str, Any], tenant: str | None = None,
+               api: ApiName = "chat") -> Decision:
+        shape = SHAPES[api]
+        profile = dataclasses.replace(shape.profile(body),
+                                      api_providers=self.api_providers(api, bool(shape.native_only(body))))
+        decision = evaluate(policy, self.catalog, profile, self.health)
         if not decision.order:
             raise NoCandidate(decision.dropped(), fingerprint=policy.fingerprint, tenant=tenant)
         return decision
 
     def outbound(self, entry: CatalogEntry, body: Mapping[str, Any],
-                 client_headers: Mapping[str, str]) -> Outbound:
-        """The request to send to `entry`'s provider: its URL, the operator's key, the entry's model."""
+                 client_headers: Mapping[str, str], api_in: ApiName = "chat") -> Outbound:
+        """The request to send to `entry`'s provider: its URL, the operator's key, the entry's model,
+        in the caller's shape `api_in` when the provider speaks it, else translated (BadRequest
+        when the request cannot be carried to this provider)."""
         provider = self.providers.get(entry.provider)
         if provider is None:
             raise ConfigError(f"catalog entry {entry.id} names unknown provider {entry.provider!r}")
@@ -273,10 +301,16 @@ class Engine:
         # keys, unknown headers) never leaves, whatever its spelling.
         headers = {k.lower(): v for k, v in client_headers.items() if k.lower() in FORWARD_HEADERS}
         headers["content-type"] = "application/json"
+        shape = SHAPES[api_in]
+        api_out = api_for(api_in, provider.spec.apis, bool(shape.native_only(body)))
+        if api_out is None:
+            raise BadRequest(f"this {api_in} request cannot be sent to {entry.id}: its provider speaks "
+                             f"{', '.join(provider.spec.apis)} (see fit:api)")
+        tr = translation(api_in, api_out) if api_out != api_in else None
+        payload = tr.request(body, entry.model) if tr is not None else shape.for_entry(body, entry.model)
+        headers = protocol_headers(headers, api_out)
         headers.update(provider.auth_headers(key))
-        payload = dict(body)
-        payload["model"] = entry.model
-        return Outbound(provider.chat_url, headers, json.dumps(payload).encode())
+        return Outbound(provider.url(api_out), headers, json.dumps(payload).encode(), api_out, tr)
 
     def operator_keys(self) -> tuple[str, ...]:
         """The operator's provider keys set in this environment: what must never reach the app."""

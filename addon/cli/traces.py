@@ -125,8 +125,10 @@ def replay(decision: Mapping[str, Any] | None,
     try:
         catalog = parse_catalog(list(catalog_rows), f"snapshot {version}")
         policy = parse_policy(ir_from_summary(stored_policy), catalog.registry)
-        request = RequestProfile(**{k: v for k, v in (decision.get("request") or {}).items()
-                                    if k != "out_tokens"})
+        stored = dict(decision.get("request") or {})
+        if stored.get("api_providers") is not None:
+            stored["api_providers"] = frozenset(stored["api_providers"])
+        request = RequestProfile(**{k: v for k, v in stored.items() if k != "out_tokens"})
     except (RoutecarError, TypeError, KeyError) as e:
         out["reason"] = f"cannot rebuild the decision's inputs: {e}"
         return out
