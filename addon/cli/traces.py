@@ -200,7 +200,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return code
     c = make_console()
     c.print(f"[bold]trace[/] {trace['trace_id']}  {_when(trace['ts'])}  mode={trace['mode'] or '-'}  "
-            f"tenant={trace['tenant'] or '-'}  requested model={trace['requested_model'] or '-'}")
+            f"tenant={trace['tenant'] or '-'}  requested model={trace['requested_model'] or '-'}  "
+            f"api={trace.get('api_in') or '-'}->{trace.get('api_out') or '-'}")
     if decision is not None:
         regions = {str(r.get("id")): str(r.get("region")) for r in catalog_rows or []}
         render_decision(decision, trace["tenant"], regions=regions, console=c)

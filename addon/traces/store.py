@@ -103,6 +103,15 @@ def _v5_disposition(db: Database) -> None:
                "WHEN outcome = 'stream_broken' OR status >= 500 THEN 'failed' ELSE 'refused' END")
 
 
+def _v6_api_shapes(db: Database) -> None:
+    """The API shape the app spoke (`api_in`) and the one the answering attempt was sent in
+    (`api_out`): chat, responses, messages. Traces from before were all chat."""
+    db.execute("ALTER TABLE decisions ADD COLUMN api_in TEXT")
+    db.execute("ALTER TABLE decisions ADD COLUMN api_out TEXT")
+    db.execute("UPDATE decisions SET api_in = 'chat', api_out = CASE WHEN chosen_entry IS NULL "
+               "THEN NULL ELSE 'chat' END")
+
+
 # Append only: a migration's position is its version number.
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("tables", _v1_tables),
@@ -110,6 +119,7 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("catalogs", _v3_catalogs),
     ("candidate_sets", _v4_candidate_sets),
     ("disposition", _v5_disposition),
+    ("api_shapes", _v6_api_shapes),
 ]
 
 _CHILDREN = ("candidate_sets", "attempts", "payloads")
