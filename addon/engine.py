@@ -317,6 +317,19 @@ class Engine:
         keys = (self.env.get(p.spec.key_env, "") for p in self.providers.by_name.values())
         return tuple(dict.fromkeys(k for k in keys if k))
 
+    def models(self, policy: Policy, anthropic: bool = False) -> dict[str, Any]:
+        """`GET …/models` for a governed caller: the catalog entries `policy` allows (in rank
+        order; `id` = catalog entry id), in OpenAI's list format or Anthropic's."""
+        decision = evaluate(policy, self.catalog, RequestProfile(), None)
+        entries = [self.catalog.entries[i] for i in decision.order]
+        if anthropic:
+            data = [{"type": "model", "id": e.id, "display_name": f"{e.model} ({e.provider})",
+                     "created_at": "1970-01-01T00:00:00Z"} for e in entries]
+            return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None}
+        return {"object": "list", "data": [{"id": e.id, "object": "model", "created": 0, "owned_by": e.provider}
+                                           for e in entries]}
+
     # -- dry-run endpoints ----------------------------------------------------------------
     def is_admin(self, headers: Mapping[str, str]) -> bool:
         """True without `admin_token`; else the request must carry it (`Authorization: Bearer` or

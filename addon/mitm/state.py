@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..apis import SHAPES, ApiName
 from ..engine import Resolved
 from ..governance import Disposition, ErrorFormat, Kind
 from ..policy import Decision
@@ -36,6 +37,7 @@ class Routed:
     requested_model: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str | None = None      # set for passthrough: what the trace says happened
+    api_in: ApiName = "chat"        # the API shape the app spoke
     traced: bool = False            # the trace was written
 
     @property
@@ -110,7 +112,7 @@ def trace_record(state: Routed, stats: StreamStats | None,
         mode=state.mode, no_log=state.no_log, stream=bool(d and d.request.stream), status=res.status,
         outcome=what, disposition=disposition,
         latency_ms=round((time.monotonic() - state.t0) * 1000, 2), ttfb_ms=res.ttfb_ms,
-        usage=usage(bytes(stats.tail) if stats is not None else res.body),
+        usage=shape_usage(state.api_in, stats, res.body), api_in=state.api_in, api_out=res.api_out,
         decision=d, attempts=res.attempts,  # to_dict() runs in the writer thread
         request_body=state.request_body, response_body=response_body,
         error=res.error.to_openai() if res.error is not None else None,
@@ -119,6 +121,16 @@ def trace_record(state: Routed, stats: StreamStats | None,
 
 
 _USAGE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
+
+
+def shape_usage(api_in: ApiName, stats: StreamStats | None, body: bytes) -> dict[str, Any] | None:
+    """The usage the provider reported: read from the stream as it passed, or from the whole
+    answer (in the caller's shape), else the last `usage` object seen."""
+    if stats is not None and stats.usage is not None:
+        return stats.usage.to_dict()
+    if stats is None and (found := SHAPES[api_in].usage(body)) is not None:
+        return found.to_dict()
+    return usage(bytes(stats.tail) if stats is not None else body)
 
 
 def usage(blob: bytes | None) -> dict[str, Any] | None:
