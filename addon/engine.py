@@ -20,6 +20,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from .apis import SHAPES, ApiName, Translation, api_for, translation
+from .apis.wire import model_list, protocol_headers
 from .bodies import loads_strict
 from .catalog import Catalog, CatalogEntry
 from .errors import (AdminTokenRequired, BadRequest, ConfigError, InvalidPolicy, MethodNotAllowed, NoCandidate,
@@ -57,17 +58,6 @@ class Outbound:
     body: bytes
     api_out: ApiName = "chat"
     translation: Translation | None = None   # None: sent in the caller's own shape
-
-
-def protocol_headers(headers: dict[str, str], api_out: ApiName) -> dict[str, str]:
-    """The app's headers for a provider speaking `api_out`: another shape's protocol headers
-    dropped (`anthropic-*` to a chat provider, `openai-*` to a Messages one), and the shape's
-    defaults (`anthropic-version`) filled in when the app sent none."""
-    foreign = ("openai-",) if api_out == "messages" else ("anthropic-",)
-    out = {k: v for k, v in headers.items() if not k.startswith(foreign)}
-    for k, v in SHAPES[api_out].default_headers.items():
-        out.setdefault(k.lower(), v)
-    return out
 
 
 def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
@@ -308,7 +298,7 @@ class Engine:
                              f"{', '.join(provider.spec.apis)} (see fit:api)")
         tr = translation(api_in, api_out) if api_out != api_in else None
         payload = tr.request(body, entry.model) if tr is not None else shape.for_entry(body, entry.model)
-        headers = protocol_headers(headers, api_out)
+        headers = protocol_headers(headers, api_out, SHAPES[api_out].default_headers)
         headers.update(provider.auth_headers(key))
         return Outbound(provider.url(api_out), headers, json.dumps(payload).encode(), api_out, tr)
 
@@ -318,17 +308,9 @@ class Engine:
         return tuple(dict.fromkeys(k for k in keys if k))
 
     def models(self, policy: Policy, anthropic: bool = False) -> dict[str, Any]:
-        """`GET …/models` for a governed caller: the catalog entries `policy` allows (in rank
-        order; `id` = catalog entry id), in OpenAI's list format or Anthropic's."""
+        """`GET …/models` for a governed caller: the catalog entries `policy` allows, ranked."""
         decision = evaluate(policy, self.catalog, RequestProfile(), None)
-        entries = [self.catalog.entries[i] for i in decision.order]
-        if anthropic:
-            data = [{"type": "model", "id": e.id, "display_name": f"{e.model} ({e.provider})",
-                     "created_at": "1970-01-01T00:00:00Z"} for e in entries]
-            return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-                    "last_id": data[-1]["id"] if data else None}
-        return {"object": "list", "data": [{"id": e.id, "object": "model", "created": 0, "owned_by": e.provider}
-                                           for e in entries]}
+        return model_list([self.catalog.entries[i] for i in decision.order], anthropic)
 
     # -- dry-run endpoints ----------------------------------------------------------------
     def is_admin(self, headers: Mapping[str, str]) -> bool:
