@@ -10,7 +10,6 @@ endpoints (`/x/...`) are answered here too, so they behave the same in every mod
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,8 +18,8 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from .apis import SHAPES, ApiName, Translation, api_for, translation
-from .apis.wire import model_list, protocol_headers
+from .apis import SHAPES, ApiName, Translation
+from .apis.wire import model_list, protocol_headers, shape_profile, shaped_request
 from .bodies import loads_strict
 from .catalog import Catalog, CatalogEntry
 from .errors import (AdminTokenRequired, BadRequest, ConfigError, InvalidPolicy, MethodNotAllowed, NoCandidate,
@@ -261,18 +260,8 @@ class Engine:
         return Resolved(policy, tenant.id if tenant else None, method, ten_pol, req_pol)
 
     # -- decide -------------------------------------------------------------------------
-    def api_providers(self, api_in: ApiName, native_only: bool) -> frozenset[str] | None:
-        """The providers that can carry a request in `api_in` (natively or translated), or None
-        when every provider can: the `fit:api` check."""
-        ok = frozenset(n for n, p in self.providers.by_name.items()
-                       if api_for(api_in, p.spec.apis, native_only) is not None)
-        return None if len(ok) == len(self.providers.by_name) else ok
-
-    def decide(self, policy: Policy, body: Mapping[str, Any], tenant: str | None = None,
-               api: ApiName = "chat") -> Decision:
-        shape = SHAPES[api]
-        profile = dataclasses.replace(shape.profile(body),
-                                      api_providers=self.api_providers(api, bool(shape.native_only(body))))
+    def decide(self, policy: Policy, body: Mapping[str, Any], tenant: str | None = None, api: ApiName = "chat") -> Decision:
+        profile = shape_profile(api, body, {name: p.spec.apis for name, p in self.providers.by_name.items()})
         decision = evaluate(policy, self.catalog, profile, self.health)
         if not decision.order:
             raise NoCandidate(decision.dropped(), fingerprint=policy.fingerprint, tenant=tenant)
@@ -280,9 +269,7 @@ class Engine:
 
     def outbound(self, entry: CatalogEntry, body: Mapping[str, Any],
                  client_headers: Mapping[str, str], api_in: ApiName = "chat") -> Outbound:
-        """The request to send to `entry`'s provider: its URL, the operator's key, the entry's model,
-        in the caller's shape `api_in` when the provider speaks it, else translated (BadRequest
-        when the request cannot be carried to this provider)."""
+        """`entry`'s request: its URL, the operator's key, its model; in `api_in` or translated."""
         provider = self.providers.get(entry.provider)
         if provider is None:
             raise ConfigError(f"catalog entry {entry.id} names unknown provider {entry.provider!r}")
@@ -291,13 +278,7 @@ class Engine:
         # keys, unknown headers) never leaves, whatever its spelling.
         headers = {k.lower(): v for k, v in client_headers.items() if k.lower() in FORWARD_HEADERS}
         headers["content-type"] = "application/json"
-        shape = SHAPES[api_in]
-        api_out = api_for(api_in, provider.spec.apis, bool(shape.native_only(body)))
-        if api_out is None:
-            raise BadRequest(f"this {api_in} request cannot be sent to {entry.id}: its provider speaks "
-                             f"{', '.join(provider.spec.apis)} (see fit:api)")
-        tr = translation(api_in, api_out) if api_out != api_in else None
-        payload = tr.request(body, entry.model) if tr is not None else shape.for_entry(body, entry.model)
+        api_out, payload, tr = shaped_request(api_in, provider.spec.apis, body, entry.model, entry.id)
         headers = protocol_headers(headers, api_out, SHAPES[api_out].default_headers)
         headers.update(provider.auth_headers(key))
         return Outbound(provider.url(api_out), headers, json.dumps(payload).encode(), api_out, tr)
@@ -309,8 +290,7 @@ class Engine:
 
     def models(self, policy: Policy, anthropic: bool = False) -> dict[str, Any]:
         """`GET …/models` for a governed caller: the catalog entries `policy` allows, ranked."""
-        decision = evaluate(policy, self.catalog, RequestProfile(), None)
-        return model_list([self.catalog.entries[i] for i in decision.order], anthropic)
+        return model_list(evaluate(policy, self.catalog, RequestProfile(), None).entries, anthropic)
 
     # -- dry-run endpoints ----------------------------------------------------------------
     def is_admin(self, headers: Mapping[str, str]) -> bool:

@@ -46,7 +46,7 @@ from .drain import Drain
 from .flows import (check_forwarded, classify, decoded_headers, error_body, header_pairs, make_response, mode_of,
                     new_trace_id, proxy_user, redact_headers, request_bytes)
 from .options import add_options, close_lookup, read_settings
-from .state import Routed, route_headers, summary, trace_record
+from .state import Routed, caller_shape, models_answer, route_headers, summary, trace_record
 
 log = logging.getLogger("routecar")
 
@@ -201,10 +201,7 @@ class Router:
             return
         if verdict.kind in (Kind.OUTSIDE, Kind.PASSTHROUGH):
             return  # passthrough: decided in requestheaders (governed or not)
-        api = verdict.api if verdict.api in SHAPES else "chat"
-        # Errors in the caller's format: Anthropic's for Messages callers (and for refusals and
-        # answers to Anthropic hosts, as governance says).
-        fmt = ("anthropic" if api == "messages" else "openai") if verdict.kind is Kind.ROUTE else verdict.error_format
+        api, fmt = caller_shape(verdict)
         state = Routed(new_trace_id(), time.monotonic(), mode_of(flow), verdict.kind, fmt, headers=headers,
                        api_in=api)
         engine = self.engine
@@ -227,7 +224,7 @@ class Router:
                 return  # no policy, no tenant, no default: untouched
             flow.metadata[META] = state
             if verdict.kind is Kind.ANSWER and verdict.api == "models":
-                self._models(flow, state)
+                self._models(flow, state, engine)
                 return
             if verdict.kind is not Kind.ROUTE:
                 r = state.resolved
@@ -258,8 +255,7 @@ class Router:
             path = self.relay.register(result.status, result.headers, stream=result.stream,
                                        body=result.body, capture=not state.no_log,
                                        on_done=lambda stats: self._finish(state, stats), scrub=scrubber,
-                                       reshape=Reshape(SHAPES[state.api_in], result.translator)
-                                       if result.stream is not None else None)
+                                       reshape=Reshape(SHAPES[state.api_in], result.translator))
             close = http1.connection_close(req.http_version, req.headers)
             req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, path
             req.headers.clear()
@@ -315,15 +311,9 @@ class Router:
             self.relay.discard(flow.request.path)   # never fetched: traced as client_gone
 
     # -- helpers ------------------------------------------------------------------------
-    def _models(self, flow: http.HTTPFlow, state: Routed) -> None:
-        """`GET …/models` for a governed caller: the catalog entries its policy allows, in
-        Anthropic's list format for Anthropic callers (an Anthropic host or an
-        `anthropic-version` header), else OpenAI's. Answered and traced here."""
-        assert self.engine is not None and state.resolved is not None
-        anthropic = ("anthropic-version" in state.headers
-                     or self.engine.providers.speaks_at(flow.request.pretty_host, "messages"))
-        state.error_format = "anthropic" if anthropic else "openai"
-        raw = json.dumps(self.engine.models(state.resolved.policy, anthropic)).encode()
+    def _models(self, flow: http.HTTPFlow, state: Routed, engine: Engine) -> None:
+        """`GET …/models` for a governed caller, answered and traced here (`models_answer`)."""
+        raw = models_answer(engine, state, flow.request.pretty_host)
         state.result = Result(200, [("content-type", "application/json")], [], body=raw)
         flow.response = make_response(200, raw, [("content-type", "application/json"), *route_headers(state)])
         flow.comment = summary(state)

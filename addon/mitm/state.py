@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..apis import SHAPES, ApiName
-from ..engine import Resolved
-from ..governance import Disposition, ErrorFormat, Kind
+from ..apis import API_NAMES, SHAPES, ApiName
+from ..engine import Engine, Resolved
+from ..governance import Disposition, ErrorFormat, Kind, Verdict
 from ..policy import Decision
 from ..relay import StreamStats
 from ..traces.record import TraceRecord
@@ -51,6 +51,24 @@ class Routed:
         # request body or the app's headers (its credentials), and stays serialisable.
         return {"trace_id": self.trace_id,
                 "fingerprint": self.resolved.policy.fingerprint if self.resolved else None}
+
+
+def caller_shape(verdict: Verdict) -> tuple[ApiName, ErrorFormat]:
+    """The API shape a governed caller speaks, and its error format: Anthropic's for Messages
+    callers (and for refusals to Anthropic callers, as governance says)."""
+    api: ApiName = verdict.api if verdict.api in API_NAMES else "chat"  # type: ignore[assignment]
+    if verdict.kind is Kind.ROUTE:
+        return api, "anthropic" if api == "messages" else "openai"
+    return api, verdict.error_format
+
+
+def models_answer(engine: Engine, state: Routed, host: str) -> bytes:
+    """`GET …/models` for a governed caller: the catalog entries its policy allows, in Anthropic's
+    list format for Anthropic callers (an Anthropic host or an `anthropic-version` header)."""
+    assert state.resolved is not None
+    anthropic = "anthropic-version" in state.headers or engine.providers.speaks_at(host, "messages")
+    state.error_format = "anthropic" if anthropic else "openai"
+    return json.dumps(engine.models(state.resolved.policy, anthropic)).encode()
 
 
 def route_headers(state: Routed) -> list[tuple[str, str]]:
@@ -128,7 +146,7 @@ def shape_usage(api_in: ApiName, stats: StreamStats | None, body: bytes) -> dict
     answer (in the caller's shape), else the last `usage` object seen."""
     if stats is not None and stats.usage is not None:
         return stats.usage.to_dict()
-    if stats is None and (found := SHAPES[api_in].usage(body)) is not None:
+    if (found := SHAPES[api_in].usage(body if stats is None else bytes(stats.tail))) is not None:
         return found.to_dict()
     return usage(bytes(stats.tail) if stats is not None else body)
 
