@@ -18,6 +18,8 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from .apis import SHAPES, ApiName, Translation
+from .apis.wire import model_list, protocol_headers, shape_profile, shaped_request
 from .bodies import loads_strict
 from .catalog import Catalog, CatalogEntry
 from .errors import (AdminTokenRequired, BadRequest, ConfigError, InvalidPolicy, MethodNotAllowed, NoCandidate,
@@ -53,6 +55,8 @@ class Outbound:
     url: str
     headers: dict[str, str]
     body: bytes
+    api_out: ApiName = "chat"
+    translation: Translation | None = None   # None: sent in the caller's own shape
 
 
 def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
@@ -256,15 +260,16 @@ class Engine:
         return Resolved(policy, tenant.id if tenant else None, method, ten_pol, req_pol)
 
     # -- decide -------------------------------------------------------------------------
-    def decide(self, policy: Policy, body: Mapping[str, Any], tenant: str | None = None) -> Decision:
-        decision = evaluate(policy, self.catalog, RequestProfile.from_body(body), self.health)
+    def decide(self, policy: Policy, body: Mapping[str, Any], tenant: str | None = None, api: ApiName = "chat") -> Decision:
+        profile = shape_profile(api, body, {name: p.spec.apis for name, p in self.providers.by_name.items()})
+        decision = evaluate(policy, self.catalog, profile, self.health)
         if not decision.order:
             raise NoCandidate(decision.dropped(), fingerprint=policy.fingerprint, tenant=tenant)
         return decision
 
     def outbound(self, entry: CatalogEntry, body: Mapping[str, Any],
-                 client_headers: Mapping[str, str]) -> Outbound:
-        """The request to send to `entry`'s provider: its URL, the operator's key, the entry's model."""
+                 client_headers: Mapping[str, str], api_in: ApiName = "chat") -> Outbound:
+        """`entry`'s request: its URL, the operator's key, its model; in `api_in` or translated."""
         provider = self.providers.get(entry.provider)
         if provider is None:
             raise ConfigError(f"catalog entry {entry.id} names unknown provider {entry.provider!r}")
@@ -273,15 +278,19 @@ class Engine:
         # keys, unknown headers) never leaves, whatever its spelling.
         headers = {k.lower(): v for k, v in client_headers.items() if k.lower() in FORWARD_HEADERS}
         headers["content-type"] = "application/json"
+        api_out, payload, tr = shaped_request(api_in, provider.spec.apis, body, entry.model, entry.id)
+        headers = protocol_headers(headers, api_out, SHAPES[api_out].default_headers)
         headers.update(provider.auth_headers(key))
-        payload = dict(body)
-        payload["model"] = entry.model
-        return Outbound(provider.chat_url, headers, json.dumps(payload).encode())
+        return Outbound(provider.url(api_out), headers, json.dumps(payload).encode(), api_out, tr)
 
     def operator_keys(self) -> tuple[str, ...]:
         """The operator's provider keys set in this environment: what must never reach the app."""
         keys = (self.env.get(p.spec.key_env, "") for p in self.providers.by_name.values())
         return tuple(dict.fromkeys(k for k in keys if k))
+
+    def models(self, policy: Policy, anthropic: bool = False) -> dict[str, Any]:
+        """`GET …/models` for a governed caller: the catalog entries `policy` allows, ranked."""
+        return model_list(evaluate(policy, self.catalog, RequestProfile(), None).entries, anthropic)
 
     # -- dry-run endpoints ----------------------------------------------------------------
     def is_admin(self, headers: Mapping[str, str]) -> bool:

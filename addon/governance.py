@@ -87,7 +87,12 @@ class Shape:
     api: str         # the router's name for it, e.g. "chat"
 
 
-SHAPES: tuple[Shape, ...] = (Shape("POST", "/chat/completions", Kind.ROUTE, "chat"),)
+SHAPES: tuple[Shape, ...] = (
+    Shape("POST", "/chat/completions", Kind.ROUTE, "chat"),
+    Shape("POST", "/responses", Kind.ROUTE, "responses"),
+    Shape("POST", "/messages", Kind.ROUTE, "messages"),
+    Shape("GET", "/models", Kind.ANSWER, "models"),   # the caller's policy's entries (Engine.models)
+)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from .shipped import POLICIES
 
 DEFAULT_PROVIDERS = POLICIES / "providers.yaml"
 
-
 class ProviderSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -54,7 +53,6 @@ class ProviderSpec(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"apis lists a shape twice: {list(v)}")
         return v
-
 
 @dataclass(frozen=True)
 class Provider:
@@ -101,7 +99,6 @@ class Provider:
                                 else {str(self.spec.auth): key})   # "api-key" and "x-api-key" are header names
         return {**{k.lower(): v for k, v in self.spec.headers.items()}, **auth}
 
-
 @dataclass(frozen=True)
 class Providers:
     by_name: Mapping[str, Provider]
@@ -119,6 +116,11 @@ class Providers:
         paths start."""
         return frozenset(urlsplit(p.spec.base_url).path.rstrip("/") for p in self.by_name.values())
 
+    def speaks_at(self, host: str, api: ApiName) -> bool:
+        """True if `host` is what apps call for a provider speaking `api` (e.g. api.anthropic.com)."""
+        host = host.lower().rstrip(".")
+        return any(p.speaks(api) and host in {h.lower() for h in (p.spec.hosts or (p.host,))}
+                   for p in self.by_name.values())
 
 # Headers of the app's request that a routed request carries to a provider: content
 # negotiation and the API protocol headers the SDKs send. Everything else stays behind:
@@ -127,7 +129,6 @@ class Providers:
 # SDK telemetry headers, routing headers, anything unknown. routecar sets content-type
 # itself and adds exactly one credential, the operator's (`Provider.auth_headers`).
 FORWARD_HEADERS = frozenset({"accept", "anthropic-version", "anthropic-beta", "openai-beta"})
-
 
 def parse_providers(data: Any, source: str = "<memory>") -> Providers:
     if isinstance(data, Mapping) and "providers" in data:
@@ -155,7 +156,6 @@ def parse_providers(data: Any, source: str = "<memory>") -> Providers:
         # gateway or a loopback fake); without it, the base URL's host is what they call.
         hosts.update(h.lower().rstrip(".") for h in (p.spec.hosts or (p.host,)))
     return Providers(by_name, frozenset(hosts))
-
 
 def load_providers(source: str | Path = DEFAULT_PROVIDERS) -> Providers:
     blob = read_source(source)

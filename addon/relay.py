@@ -24,8 +24,10 @@ from http import HTTPStatus
 
 import aiohttp
 
+from .apis import ApiShape, StreamTranslator, Usage
+from .apis.sse import event_end
 from .keyscrub import KeyScrubber
-from .upstream import Timeouts, event_end
+from .upstream import Timeouts
 
 MAX_EVENT_BUFFER = 1024 * 1024   # the relay forwards a partial event rather than buffer more
 TRACE_BODY_LIMIT = 256 * 1024
@@ -40,6 +42,35 @@ class StreamStats:
     interrupted: bool = False     # ended by routecar itself at the drain deadline
     tail: bytearray = field(default_factory=bytearray)   # last bytes, for the usage chunk
     captured: bytearray | None = None                   # the body for traces (None with no_log)
+    usage: Usage | None = None                          # what the provider reported (with a Reshape)
+
+
+class Reshape:
+    """A stream on its way to the caller: the provider's bytes in the caller's shape
+    (through `translator` when the request was translated), errors in the caller's
+    shape, and the usage the provider reported."""
+
+    def __init__(self, shape: ApiShape, translator: StreamTranslator | None) -> None:
+        self.shape, self.translator = shape, translator
+        self.reader = shape.usage_reader() if translator is None else None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.translator is not None:
+            return self.translator.feed(chunk)
+        assert self.reader is not None
+        self.reader.feed(chunk)
+        return chunk
+
+    def close(self) -> bytes:
+        """The provider's stream ended: a translation's closing events (or its error)."""
+        return self.translator.close() if self.translator is not None else b""
+
+    def fail(self, message: str) -> bytes:
+        return self.translator.fail(message) if self.translator is not None else self.shape.stream_error(message)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.translator.usage if self.translator is not None else self.reader.usage if self.reader else None
 
 
 @dataclass
@@ -52,6 +83,7 @@ class Pending:
     on_done: Callable[[StreamStats], Awaitable[None] | None]
     expires: float
     scrub: KeyScrubber | None = None
+    reshape: Reshape | None = None
 
 
 def sse_error_event(message: str, code: str = "stream_interrupted", type_: str = "upstream_error") -> bytes:
@@ -60,8 +92,8 @@ def sse_error_event(message: str, code: str = "stream_interrupted", type_: str =
     return b"data: " + json.dumps(err).encode() + b"\n\n"
 
 
-SHUTDOWN_EVENT = sse_error_event("routecar is shutting down: this stream was ended at the drain deadline",
-                                 code="shutting_down", type_="server_error")
+SHUTDOWN_MESSAGE = "routecar is shutting down: this stream was ended at the drain deadline"
+SHUTDOWN_EVENT = sse_error_event(SHUTDOWN_MESSAGE, code="shutting_down", type_="server_error")
 
 
 def stream_health(stats: StreamStats) -> bool | None:
@@ -124,16 +156,17 @@ class Relay:
     def register(self, status: int, headers: Sequence[tuple[str, str]], *,
                  stream: aiohttp.ClientResponse | None = None, body: bytes = b"",
                  capture: bool, on_done: Callable[[StreamStats], Awaitable[None] | None],
-                 scrub: KeyScrubber | None = None) -> str:
+                 scrub: KeyScrubber | None = None, reshape: Reshape | None = None) -> str:
         """Park a response; returns the path mitmproxy must request to get it.
 
-        `body` is sent first, then (if given) the rest of `stream`, both through `scrub`
+        `body` is sent first, then (if given) the rest of `stream`: with `reshape`, both are the
+        provider's stream, brought to the caller's shape as they pass; then through `scrub`
         (as one stream: a key split between them is caught too).
         """
         self._expire()
         token = secrets.token_urlsafe(16)
         self._pending[token] = Pending(status, list(headers), stream, body, capture, on_done,
-                                       self.clock() + self.pending_ttl_s, scrub)
+                                       self.clock() + self.pending_ttl_s, scrub, reshape)
         return self.PREFIX + token
 
     def discard(self, path: str) -> None:
@@ -219,18 +252,36 @@ class Relay:
                 scrub.flush()
             write(event)
 
+        reshape = p.reshape
+
+        def forward(chunk: bytes) -> None:
+            """The provider's bytes, in the caller's shape (a translation may hold some back)."""
+            out = reshape.feed(chunk) if reshape is not None else chunk
+            if out:
+                send(out)
+
+        def fail(message: str, shutdown: bool = False) -> None:
+            """routecar's own error event, in the caller's shape (chat: with routecar's codes)."""
+            if reshape is None or (reshape.translator is None and reshape.shape.name == "chat"):
+                own(SHUTDOWN_EVENT if shutdown else sse_error_event(message))
+            else:
+                own(reshape.fail(message))
+
         # A client that hangs up is noticed at the next chunk written to it (drain raises).
         # Watching the connection for EOF would notice it during a long pause too, but
         # cost ~1.4 ms CPU per stream in the proxy (measured): not worth it.
         stream = p.stream
         try:
             if p.body:
-                send(p.body)
+                forward(p.body)
                 await writer.drain()
             if stream is not None:
-                clean = await self._pipe_stream(stream, stats, send, writer, sse=_is_sse(p.headers), own=own)
+                clean = await self._pipe_stream(stream, stats, forward, writer, sse=_is_sse(p.headers),
+                                                fail=fail)
                 if clean:
                     stream.release()   # read to the end: its connection goes back to the pool
+                    if reshape is not None and (tail := reshape.close()):
+                        send(tail)
             if stats.client_gone:
                 return False
             if scrub is not None and not (stats.error or stats.interrupted):
@@ -244,21 +295,24 @@ class Relay:
         finally:
             if stream is not None:
                 stream.close()
+            if reshape is not None:
+                stats.usage = reshape.usage
             done = p.on_done(stats)
             if asyncio.iscoroutine(done):
                 await done
 
     async def _pipe_stream(self, stream: aiohttp.ClientResponse, stats: StreamStats,
                            send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool,
-                           own: Callable[[bytes], None] | None = None) -> bool:
+                           fail: Callable[[str, bool], None]) -> bool:
         """Copy the provider's stream; True if it ended cleanly. At the drain deadline
-        (`interrupt`) the copy is cancelled and the stream ends with a shutting_down event."""
+        (`interrupt`) the copy is cancelled and the stream ends with a shutting_down event.
+        `send` takes the provider's bytes, `fail(message, shutdown)` sends routecar's own error event."""
         task = asyncio.current_task()
         assert task is not None
         self._streaming.add(task)
         try:
             if not self.interrupted:
-                return await self._copy(stream, stats, send, writer, sse=sse, own=own or send)
+                return await self._copy(stream, stats, send, writer, sse=sse, fail=fail)
         except asyncio.CancelledError:
             if not self.interrupted:
                 raise
@@ -266,12 +320,12 @@ class Relay:
         finally:
             self._streaming.discard(task)
         stats.interrupted = True
-        (own or send)(SHUTDOWN_EVENT)   # after whole events only: a partial one was held back in _copy
+        fail(SHUTDOWN_MESSAGE, True)   # after whole events only: a partial one was held back in _copy
         return False
 
     async def _copy(self, stream: aiohttp.ClientResponse, stats: StreamStats,
                     send: Callable[[bytes], None], writer: asyncio.StreamWriter, *, sse: bool,
-                    own: Callable[[bytes], None]) -> bool:
+                    fail: Callable[[str, bool], None]) -> bool:
         """SSE is forwarded in whole events, so that an error event after a cut is never
         glued to half an event."""
         buf = b""
@@ -285,7 +339,7 @@ class Relay:
                 stats.error = ("upstream stream timed out" if isinstance(e, TimeoutError)
                                else f"upstream stream broke: {type(e).__name__}")
                 # An incomplete event (buf) is dropped: the client gets whole events only.
-                own(sse_error_event(f"routecar: {stats.error} after {stats.bytes} bytes"))
+                fail(f"routecar: {stats.error} after {stats.bytes} bytes", False)
                 return False
             if not chunk:
                 if buf:

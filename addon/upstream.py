@@ -38,8 +38,11 @@ from typing import Any
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError
 
+from .apis import SHAPES, ApiName, StreamTranslator
+from .apis.sse import NOT_JSON, event_end, first_data, is_error_event
+from .apis.translate import json_headers, translated_body
 from .engine import Engine, Outbound
-from .errors import MissingProviderKey, RoutecarError, ShuttingDown, UpstreamFailed
+from .errors import BadRequest, MissingProviderKey, RoutecarError, ShuttingDown, UpstreamFailed
 from .fallback import Action, AttemptError, Outcome, Verdict, classify, next_attempt
 from .policy import Decision
 
@@ -83,6 +86,14 @@ class Result:
     ttfb_ms: float | None = None
     error: RoutecarError | None = None   # set when every attempt failed
     stream_ms: float | None = None       # a stream's attempt time: health is booked when it ends
+    api_out: ApiName | None = None       # the shape the answering attempt was sent in
+    translator: StreamTranslator | None = None   # brings a translated stream back to the caller's shape
+
+
+def failed(err: RoutecarError, attempts: list[dict[str, Any]], api_in: ApiName = "chat") -> Result:
+    """What the client gets when routecar itself answers with an error: in the caller's shape."""
+    body = json.dumps(SHAPES[api_in].error_body(err)).encode()
+    return Result(err.status, [("content-type", "application/json")], attempts, body=body, error=err)
 
 
 def content_coding(resp: aiohttp.ClientResponse) -> str:
@@ -149,7 +160,8 @@ def new_session(timeouts: Timeouts) -> aiohttp.ClientSession:
 async def try_plan(session: aiohttp.ClientSession, engine: Engine, decision: Decision,
                    body: Mapping[str, Any], client_headers: Mapping[str, str], *,
                    timeouts: Timeouts, clock: Callable[[], float] = time.monotonic,
-                   sleep: Sleep = asyncio.sleep, shutdown: asyncio.Event | None = None) -> Result:
+                   sleep: Sleep = asyncio.sleep, shutdown: asyncio.Event | None = None,
+                   api_in: ApiName = "chat") -> Result:
     """Try the decision's ranked entries (at most max_attempts) until one answers.
 
     `shutdown` set means the proxy has reached its drain deadline: a cancellation of
@@ -160,7 +172,7 @@ async def try_plan(session: aiohttp.ClientSession, engine: Engine, decision: Dec
     attempts: list[dict[str, Any]] = []
     try:
         return await _walk(session, engine, decision, body, client_headers, attempts,
-                           timeouts=timeouts, clock=clock, sleep=sleep)
+                           timeouts=timeouts, clock=clock, sleep=sleep, api_in=api_in)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if shutdown is None or not shutdown.is_set() or task is None:
@@ -168,16 +180,16 @@ async def try_plan(session: aiohttp.ClientSession, engine: Engine, decision: Dec
         task.uncancel()
     err = ShuttingDown(f"routecar is shutting down: the call was ended at the drain deadline "
                        f"after {len(attempts)} attempt(s)", fingerprint=decision.policy.fingerprint)
-    return Result(err.status, [("content-type", "application/json")], attempts,
-                  body=json.dumps(err.to_openai()).encode(), error=err)
+    return failed(err, attempts, api_in)
 
 
 async def _walk(session: aiohttp.ClientSession, engine: Engine, decision: Decision,
                 body: Mapping[str, Any], client_headers: Mapping[str, str], attempts: list[dict[str, Any]], *,
-                timeouts: Timeouts, clock: Callable[[], float], sleep: Sleep) -> Result:
+                timeouts: Timeouts, clock: Callable[[], float], sleep: Sleep, api_in: ApiName) -> Result:
     plan = decision.entries
     history: list[tuple[Any, Verdict]] = []
     missing_keys: list[MissingProviderKey] = []
+    untranslatable: list[BadRequest] = []
     start = clock()
     deadline = start + timeouts.deadline_s
     want_stream = decision.request.stream
@@ -192,14 +204,21 @@ async def _walk(session: aiohttp.ClientSession, engine: Engine, decision: Decisi
         attempts.append(record)
         t0 = clock()
         try:
-            out: Outbound = engine.outbound(entry, body, client_headers)
-        except MissingProviderKey as e:
-            missing_keys.append(e)
-            verdict = Verdict(Action.SKIP_PROVIDER, "provider_key_missing")  # type: ignore[arg-type]
-            record["error_class"] = f"provider_key_missing ({e.env_var} not set)"
+            out: Outbound = engine.outbound(entry, body, client_headers, api_in)
+        except (MissingProviderKey, BadRequest) as e:
+            if isinstance(e, MissingProviderKey):
+                missing_keys.append(e)
+                verdict = Verdict(Action.SKIP_PROVIDER, "provider_key_missing")  # type: ignore[arg-type]
+                record["error_class"] = f"provider_key_missing ({e.env_var} not set)"
+            else:   # this provider's shape cannot carry the request (e.g. arguments that are not JSON)
+                untranslatable.append(e)
+                verdict = Verdict(Action.SKIP_PROVIDER, "untranslatable")  # type: ignore[arg-type]
+                record["error_class"] = "untranslatable"
             history.append((entry, verdict))
             attempt = next_attempt(plan, history, now=clock(), deadline=deadline, max_attempts=max_attempts)
             continue
+        record["api_out"] = out.api_out
+        tr = out.translation
         resp: aiohttp.ClientResponse | None = None
         streamed = False
         try:
@@ -231,13 +250,19 @@ async def _walk(session: aiohttp.ClientSession, engine: Engine, decision: Decisi
         if ok and resp is not None:
             headers = response_headers(resp)
             ttfb = (clock() - start) * 1000
+            translator = tr.stream(body) if tr is not None and streamed else None
+            if tr is not None and not streamed:
+                prefix, headers = translated_body(tr, resp.status, prefix, body), json_headers(headers)
             return Result(resp.status, headers, attempts, entry.id, body=prefix,
                           stream=resp if streamed else None, ttfb_ms=ttfb,
-                          stream_ms=duration_ms if streamed else None)
+                          stream_ms=duration_ms if streamed else None, api_out=out.api_out, translator=translator)
         if verdict.action is Action.RETURN and resp is not None:
-            # A client error the next provider would repeat: the app sees it as is.
-            return Result(resp.status, response_headers(resp), attempts, entry.id, body=outcome.body,
-                          ttfb_ms=(clock() - start) * 1000)
+            # A client error the next provider would repeat: the app sees it (in its own shape).
+            headers, err_body = response_headers(resp), outcome.body
+            if tr is not None:
+                err_body, headers = translated_body(tr, resp.status, err_body, body), json_headers(headers)
+            return Result(resp.status, headers, attempts, entry.id, body=err_body,
+                          ttfb_ms=(clock() - start) * 1000, api_out=out.api_out)
         if resp is not None:
             resp.close()
         history.append((entry, verdict))
@@ -245,10 +270,11 @@ async def _walk(session: aiohttp.ClientSession, engine: Engine, decision: Decisi
     err: RoutecarError
     if missing_keys and len(missing_keys) == len(attempts):
         err = missing_keys[0]
+    elif untranslatable and len(untranslatable) == len(attempts):
+        err = untranslatable[0]
     else:
         err = UpstreamFailed(attempts, fingerprint=decision.policy.fingerprint)
-    return Result(err.status, [("content-type", "application/json")], attempts,
-                  body=json.dumps(err.to_openai()).encode(), error=err)
+    return failed(err, attempts, api_in)
 
 
 async def _send(session: aiohttp.ClientSession, out: Outbound, timeouts: Timeouts,
@@ -335,31 +361,6 @@ def _abandon(resp: aiohttp.ClientResponse, error: AttemptError, outcome: Outcome
     return Outcome(None, error=error, duration_ms=outcome.duration_ms), b""
 
 
-def event_end(buf: bytes | bytearray) -> int:
-    """Length of the complete SSE events at the start of `buf` (0 if none is complete)."""
-    return max(buf.rfind(b"\n\n") + 2 if b"\n\n" in buf else 0,
-               buf.rfind(b"\r\n\r\n") + 4 if b"\r\n\r\n" in buf else 0)
-
-
-_NOT_JSON = object()
-
-
-def first_data(events: bytes) -> Any:
-    """The first event's data, parsed: None if it has none (a comment, a bare `event:`),
-    `[DONE]` as the string, and `_NOT_JSON` for anything else that is not JSON."""
-    event = events.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
-    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
-    if not lines:
-        return None
-    data = b"\n".join(lines)
-    if data.strip() == b"[DONE]":
-        return "[DONE]"
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return _NOT_JSON
-
-
 async def _first_event(resp: aiohttp.ClientResponse, timeouts: Timeouts, remaining_s: float,
                        outcome: Outcome) -> tuple[Outcome, bytes]:
     """Read a stream up to its first complete event, before anything reaches the client.
@@ -387,9 +388,9 @@ async def _first_event(resp: aiohttp.ClientResponse, timeouts: Timeouts, remaini
     if not cut and len(buf) >= MAX_FIRST_EVENT:
         return outcome, bytes(buf)   # too big to hold back: passed on unchecked
     data = first_data(bytes(buf[:cut] or buf))
-    if data is _NOT_JSON:
+    if data is NOT_JSON:
         return _abandon(resp, AttemptError.INVALID_BODY, outcome)
-    if isinstance(data, dict) and data.get("error") is not None:
+    if is_error_event(data):
         resp.close()
         return Outcome(502, body=bytes(buf[:MAX_ERROR_BODY]), duration_ms=outcome.duration_ms), b""
     return outcome, bytes(buf)

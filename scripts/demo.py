@@ -53,6 +53,8 @@ CALLS = [
     {"label": "header policy: vision, price_out <= 3",
      "headers": {"X-Route-Policy": json.dumps({"rules": [["has", "capabilities", "vision"],
                                                          ["cmp", "price_out", "le", 3]]})}},
+    {"label": "globex-enterprise, Anthropic SDK", "sdk": "anthropic", "headers": {"X-Tenant-Id": "globex-enterprise"}},
+    {"label": "initech-eu, Responses API", "sdk": "responses", "headers": {"X-Tenant-Id": "initech-eu"}},
     {"label": "initech-eu asking for openai", "headers": {
         "X-Tenant-Id": "initech-eu", "X-Route-Policy": json.dumps({"rules": [["eq", "provider", "openai"]]})},
      "expect": "no_candidate"},  # a header cannot loosen its tenant's policy
@@ -69,7 +71,7 @@ def wait_for_traces(db: Path, ids: list[str], timeout: float = 10.0) -> dict[str
                     q = ",".join("?" * len(ids))
                     rows = {r[0]: r for r in con.execute(
                         f"select trace_id, tenant, fingerprint, chosen_entry, est_cost, attempts_count, "
-                        f"outcome, no_log, actual_cost from decisions where trace_id in ({q})", ids)}
+                        f"outcome, no_log, actual_cost, api_in, api_out from decisions where trace_id in ({q})", ids)}
             except sqlite3.Error:
                 rows = {}
             if len(rows) == len(ids):
@@ -134,17 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         ids = [r["trace-id"] for r in results if r.get("trace-id")]
         rows = wait_for_traces(traces, ids)
 
-        t = Table("call", "tenant", "fingerprint", "model @ provider", "cost USD est. / actual", "attempts", "outcome",
-                  title="what routecar decided")
+        t = Table("call", "tenant", "fingerprint", "API in -> out", "model @ provider", "cost USD est. / actual",
+                  "attempts", "outcome", title="what routecar decided")
         for r in results:
-            row = rows.get(r.get("trace-id"), (None,) * 9)
+            row = rows.get(r.get("trace-id"), (None,) * 11)
             if r["ok"]:
                 what = f"{r['model']} @ {r['provider']}"
             else:
                 what = f"[red]{r['status']} {r['error']}[/]"
             cost = (f"{row[4]:.6f}" if row[4] is not None else "-") + " / " + (
                 f"{row[8]:.6f}" if row[8] is not None else "-")
-            t.add_row(r["label"], row[1] or "-", row[2] or "-", what, cost, str(row[5] or "-"),
+            t.add_row(r["label"], row[1] or "-", row[2] or "-", f"{row[9] or '-'} -> {row[10] or '-'}", what, cost,
+                      str(row[5] or "-"),
                       (row[6] or "-") + (" (no payload kept)" if row[7] else ""))
         print_table(console, t)
 

@@ -300,8 +300,10 @@ def test_outbound_strips_credentials_and_injects_key(engine, entry_id, auth_name
         if name.lower() != auth_name:
             assert name.lower() not in out.headers
     assert not any(v.startswith("app-value-") for v in out.headers.values())
-    # exactly the allowlist, routecar's content-type and one credential
-    assert set(out.headers) == FORWARD_HEADERS | {"content-type", auth_name}
+    # exactly the allowlist (minus the Messages protocol headers: these are chat providers),
+    # routecar's content-type and one credential
+    assert set(out.headers) == {h for h in FORWARD_HEADERS if not h.startswith("anthropic-")} | {
+        "content-type", auth_name}
     assert out.headers["accept"] == "text/event-stream" and out.headers["openai-beta"] == "assistants=v2"
     assert out.headers["content-type"] == "application/json"
     sent = json.loads(out.body)

@@ -47,7 +47,7 @@ def test_other_spellings_of_the_routed_path_are_refused(path):
 
 def test_a_near_spelling_is_explained():
     assert "is not /v1/chat/completions as routecar routes it" in verdict(path="/V1/chat/completions/").reason
-    assert "routecar does not govern POST /v1/responses" in verdict(path="/v1/responses").reason
+    assert "routecar does not govern POST /v1/embeddings" in verdict(path="/v1/embeddings").reason
 
 
 # -- query strings on the routed path: refused (routecar builds the provider's URL itself) --------
@@ -136,9 +136,10 @@ def test_not_a_provider(host, headers, names, kind):
 # -- endpoints routecar does not route (yet): refused, in the caller's error format -----------------
 
 ENDPOINTS = [
-    ("POST", "/v1/responses", "openai"), ("POST", "/v1/completions", "openai"), ("POST", "/v1/embeddings", "openai"),
-    ("POST", "/v1/messages", "anthropic"), ("POST", "/v1/messages/count_tokens", "anthropic"),
-    ("POST", "/V1/Messages/", "anthropic"), ("GET", "/v1/models", "openai"), ("GET", "/v1/models/gpt-4o", "openai"),
+    ("POST", "/v1/completions", "openai"), ("POST", "/v1/embeddings", "openai"),
+    ("POST", "/v1/messages/count_tokens", "anthropic"),
+    ("POST", "/V1/Messages/", "anthropic"), ("GET", "/v1/models/gpt-4o", "openai"),
+    ("POST", "/v1/responses/resp_1", "openai"), ("GET", "/v1/models/", "openai"),
     ("POST", "/v1/audio/transcriptions", "openai"), ("POST", "/v1/images/generations", "openai"),
     ("POST", "/v1/moderations", "openai"), ("POST", "/v1/batches", "openai"),
     ("POST", "/v1/threads/t_1/messages", "openai"), ("POST", "/v1/realtime/sessions", "openai"),
@@ -157,7 +158,7 @@ def test_unrouted_endpoints_are_refused(method, path, fmt):
 
 @pytest.mark.parametrize("host,path,headers,fmt", [
     ("api.anthropic.com", "/v1/complete", {}, "anthropic"),
-    ("api.anthropic.com", "/v1/models", {}, "anthropic"),
+    ("api.anthropic.com", "/v1/models/claude-x", {}, "anthropic"),
     ("api.openai.com", "/v1/whatever", {"anthropic-version": "2023-06-01"}, "anthropic"),
     ("api.openai.com", "/v1/whatever", {}, "openai"),
 ])
@@ -210,7 +211,8 @@ def test_passthrough_prefixes_that_would_cover_governed_paths_fail_at_start(pref
     ("GET", "/metrics", {}, Kind.DRY_RUN),           # Prometheus scrapes the sidecar's own address
     ("GET", "/metrics/", {}, Kind.REFUSE),
     ("GET", "/v1/metrics", {}, Kind.REFUSE),
-    ("POST", "/v1/responses", {}, Kind.REFUSE),
+    ("POST", "/v1/responses", {}, Kind.ROUTE),
+    ("POST", "/v1/embeddings", {}, Kind.REFUSE),
     ("GET", "/X/fields", {}, Kind.REFUSE),
     ("GET", "//x/fields", {}, Kind.REFUSE),
     ("POST", "/v1/chat/completions/", {}, Kind.REFUSE),
@@ -272,3 +274,11 @@ ATTACK_VARIANTS = (len(SPELLINGS) + len(QUERIES) + len(METHODS) + len(OVERRIDES)
 def test_attack_variant_count_is_reported():
     # docs/security.md quotes this figure; keep them in step.
     assert ATTACK_VARIANTS >= 100
+
+
+def test_shipped_shapes_route_responses_and_messages_and_answer_models():
+    assert verdict(path="/v1/responses") == Verdict(Kind.ROUTE, api="responses")
+    assert verdict(host="api.anthropic.com", path="/v1/messages") == Verdict(Kind.ROUTE, api="messages")
+    assert verdict(method="GET", path="/v1/models") == Verdict(Kind.ANSWER, api="models")
+    assert verdict(method="GET", path="/v1/responses").status == 405
+    assert verdict(path="/v1/messages?beta=true").kind is Kind.REFUSE

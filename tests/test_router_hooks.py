@@ -410,11 +410,11 @@ def test_looked_up_tenants_route_and_an_unreachable_one_is_503(tmp_path: Path):
 # -- fail closed --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw,status,fmt", [
-    ({"path": "/v1/responses"}, 404, "openai"),
+    ({"path": "/v1/embeddings"}, 404, "openai"),
     ({"path": "/v1/chat/completions/"}, 404, "openai"),
-    ({"path": "/v1/messages", "host": "api.anthropic.com"}, 404, "anthropic"),
+    ({"path": "/v1/messages/count_tokens", "host": "api.anthropic.com"}, 404, "anthropic"),
     ({"path": "/v1/chat/completions", "method": "PUT"}, 405, "openai"),
-    ({"path": "/v1/models", "method": "GET", "body": b""}, 404, "openai"),
+    ({"path": "/v1/models/gpt-4o", "method": "GET", "body": b""}, 404, "openai"),
     ({"sni": "api.anthropic.com"}, 400, "openai"),
 ])
 def test_governed_calls_routecar_does_not_route_are_refused(kw, status, fmt):
@@ -445,7 +445,7 @@ def test_ungoverned_calls_to_other_endpoints_are_untouched():
         router = Router()
         with taddons.context(router) as tctx:
             configured(tctx, router, routecar_tenants=TENANTS)
-            for kw in ({"path": "/v1/responses"}, {"path": "/v1/chat/completions/"},
+            for kw in ({"path": "/v1/embeddings"}, {"path": "/v1/chat/completions/"},
                        {"path": "/v1/models", "method": "GET", "body": b""}):
                 f = flow(**kw)  # the app's own key, no routing header, not a tenant key
                 await router.request(f)
@@ -465,7 +465,7 @@ def test_identity_errors(headers, code, status):
         router = Router()
         with taddons.context(router) as tctx:
             configured(tctx, router, routecar_tenants=TENANTS)
-            for path in ("/v1/chat/completions", "/v1/responses"):
+            for path in ("/v1/chat/completions", "/v1/embeddings"):
                 f = flow(headers=headers, path=path)
                 await router.request(f)
                 assert f.response.status_code == status and error_of(f)["code"] == code
@@ -575,7 +575,7 @@ def test_identities_must_agree_with_tenants_looked_up_on_demand(tmp_path: Path, 
         with taddons.context(router) as tctx:
             configured(tctx, router, routecar_tenants=lookup_table(tmp_path))
             # (chat only when refused: this test runs no upstream session)
-            for path in ("/v1/responses",) if code is None else ("/v1/chat/completions", "/v1/responses"):
+            for path in ("/v1/embeddings",) if code is None else ("/v1/chat/completions", "/v1/embeddings"):
                 f = flow(headers=headers, path=path)
                 if proxy_user:
                     f.metadata["proxyauth"] = (proxy_user, "x")

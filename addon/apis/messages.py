@@ -142,10 +142,9 @@ class MessagesShape:
         return SSEUsageReader(_pick)
 
     def error_body(self, err: RoutecarError) -> dict[str, Any]:
-        """Anthropic's error format; routecar's `code` and details ride along in `error`."""
-        openai = err.to_openai()["error"]
-        extra = {k: v for k, v in openai.items() if k not in ("message", "type")}
-        return error_object(err.status, err.message, **extra)
+        """Anthropic's error format; routecar's `code` and details ride along in `error`
+        (the one mapping, `RoutecarError.to_anthropic`)."""
+        return err.to_anthropic()
 
     def stream_error(self, message: str) -> bytes:
         return encode(error_object(502, message), "error")

@@ -123,3 +123,38 @@ def encode_typed(data: Mapping[str, Any]) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+# -- framing helpers for relaying a provider's stream (upstream.py, relay.py) --------------
+
+def event_end(buf: bytes | bytearray) -> int:
+    """Length of the complete SSE events at the start of `buf` (0 if none is complete)."""
+    return max(buf.rfind(b"\n\n") + 2 if b"\n\n" in buf else 0,
+               buf.rfind(b"\r\n\r\n") + 4 if b"\r\n\r\n" in buf else 0)
+
+
+NOT_JSON = object()
+# Responses streams report errors as typed events without an "error" key at the top.
+ERROR_EVENTS = frozenset({"error", "response.failed"})
+
+
+def is_error_event(data: Any) -> bool:
+    """An event's parsed data that reports an error, in any shape (chat `{"error": …}`,
+    Anthropic `{"type": "error", …}`, Responses `error` and `response.failed`)."""
+    return isinstance(data, dict) and (data.get("error") is not None or data.get("type") in ERROR_EVENTS)
+
+
+def first_data(events: bytes) -> Any:
+    """The first event's data, parsed: None if it has none (a comment, a bare `event:`),
+    `[DONE]` as the string, and `NOT_JSON` for anything else that is not JSON."""
+    event = events.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    data = b"\n".join(lines)
+    if data.strip() == b"[DONE]":
+        return "[DONE]"
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return NOT_JSON

@@ -12,6 +12,7 @@ that a translation reaches (never for a request with native-only features).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -91,3 +92,16 @@ def api_for(api_in: ApiName, provider_apis: Iterable[ApiName], native_only: bool
     if native_only:
         return None
     return next((out for out in apis if (api_in, out) in TRANSLATIONS), None)
+
+
+def translated_body(tr: Translation, status: int, body: bytes, request: Mapping[str, Any]) -> bytes:
+    """A provider's whole answer (2xx) or error in the caller's shape."""
+    if status >= 400:
+        return json.dumps(tr.error(status, body)).encode()
+    return json.dumps(tr.answer(json.loads(body), request)).encode()
+
+
+def json_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers of a body routecar rewrote: its own content type (the length is recomputed)."""
+    return [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")] + [
+        ("content-type", "application/json")]

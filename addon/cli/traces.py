@@ -139,8 +139,10 @@ def replay(decision: Mapping[str, Any] | None,
     try:
         catalog = parse_catalog(list(catalog_rows), f"snapshot {version}")
         policy = parse_policy(ir_from_summary(stored_policy), catalog.registry)
-        request = RequestProfile(**{k: v for k, v in (decision.get("request") or {}).items()
-                                    if k != "out_tokens"})
+        stored = dict(decision.get("request") or {})
+        if stored.get("api_providers") is not None:
+            stored["api_providers"] = frozenset(stored["api_providers"])
+        request = RequestProfile(**{k: v for k, v in stored.items() if k != "out_tokens"})
     except (RoutecarError, TypeError, KeyError) as e:
         out["reason"] = f"cannot rebuild the decision's inputs: {e}"
         return out
@@ -212,7 +214,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return code
     c = make_console()
     c.print(f"[bold]trace[/] {trace['trace_id']}  {_when(trace['ts'])}  mode={trace['mode'] or '-'}  "
-            f"tenant={trace['tenant'] or '-'}  requested model={trace['requested_model'] or '-'}")
+            f"tenant={trace['tenant'] or '-'}  requested model={trace['requested_model'] or '-'}  "
+            f"api={trace.get('api_in') or '-'}->{trace.get('api_out') or '-'}")
     if decision is not None:
         regions = {str(r.get("id")): str(r.get("region")) for r in catalog_rows or []}
         render_decision(decision, trace["tenant"], regions=regions, console=c)

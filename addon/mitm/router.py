@@ -30,13 +30,14 @@ import aiohttp
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1
 
+from ..apis import SHAPES
 from ..cabundle import env_command
 from ..engine import Engine, client_api_keys, identity_body, parse_body
 from ..errors import RoutecarError, ShuttingDown
 from ..governance import LOCAL_HOST, ROUTING_HEADERS, Governance, Kind, check_routing_headers, has_routing_header
 from ..keyscrub import KeyScrubber
 from ..policy import Decision
-from ..relay import Relay, StreamStats, stream_health
+from ..relay import Relay, Reshape, StreamStats, stream_health
 from ..traces.process import ProcessTraceWriter
 from ..traces.store import default_traces_path
 from ..traces.writer import TraceWriter
@@ -47,7 +48,7 @@ from .flows import (check_forwarded, classify, decoded_headers, error_body, head
 from ..telemetry import sidecar_state
 from .observe import RouterTelemetry
 from .options import add_options, close_lookup, read_settings
-from .state import Routed, route_headers, summary, trace_record
+from .state import Routed, caller_shape, models_answer, route_headers, summary, trace_record
 
 log = logging.getLogger("routecar")
 
@@ -209,8 +210,9 @@ class Router:
             return
         if verdict.kind in (Kind.OUTSIDE, Kind.PASSTHROUGH):
             return  # passthrough: decided in requestheaders (governed or not)
-        state = Routed(new_trace_id(), time.monotonic(), mode_of(flow), verdict.kind,
-                       "openai" if verdict.kind is Kind.ROUTE else verdict.error_format, headers=headers)
+        api, fmt = caller_shape(verdict)
+        state = Routed(new_trace_id(), time.monotonic(), mode_of(flow), verdict.kind, fmt, headers=headers,
+                       api_in=api)
         engine = self.engine
         assert engine is not None  # request() returns early until configure built it
         try:
@@ -230,16 +232,17 @@ class Router:
                 self.passed += 1
                 return  # no policy, no tenant, no default: untouched
             flow.metadata[META] = state
+            if verdict.kind is Kind.ANSWER and verdict.api == "models":
+                self._models(flow, state, engine)
+                return
             if verdict.kind is not Kind.ROUTE:
-                # Kind.ANSWER (e.g. GET …/models for the caller's policy) is answered here once a
-                # shape does; until then, like Kind.REFUSE: unsupported_endpoint.
                 r = state.resolved
                 raise verdict.refusal(tenant=r.tenant, fingerprint=r.policy.fingerprint)
             check_forwarded(headers)
             state.request_body = None if state.no_log else raw
             if self.drain.draining:
                 raise ShuttingDown("routecar is shutting down and accepts no new calls: retry on a new connection")
-            state.decision = engine.decide(state.resolved.policy, body, state.resolved.tenant)
+            state.decision = engine.decide(state.resolved.policy, body, state.resolved.tenant, state.api_in)
         except RoutecarError as e:
             self._respond_error(flow, state, e)
             return
@@ -249,7 +252,7 @@ class Router:
         assert self.session is not None and self.relay is not None
         state.result = result = await self.drain.run(try_plan(
             self.session, engine, state.decision, body, state.headers, timeouts=self.timeouts,
-            shutdown=self.drain.cut))
+            shutdown=self.drain.cut, api_in=state.api_in))
         scrubber = self._key_scrubber()
         result.headers = scrubber.scrub_headers(result.headers)
         flow.comment = summary(state)  # what mitmweb shows for the flow
@@ -260,7 +263,8 @@ class Router:
             # never held in the flow where a saved flow file or mitmweb would keep it.
             path = self.relay.register(result.status, result.headers, stream=result.stream,
                                        body=result.body, capture=not state.no_log,
-                                       on_done=lambda stats: self._finish(state, stats), scrub=scrubber)
+                                       on_done=lambda stats: self._finish(state, stats), scrub=scrubber,
+                                       reshape=Reshape(SHAPES[state.api_in], result.translator))
             close = http1.connection_close(req.http_version, req.headers)
             req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, path
             req.headers.clear()
@@ -316,6 +320,14 @@ class Router:
             self.relay.discard(flow.request.path)   # never fetched: traced as client_gone
 
     # -- helpers ------------------------------------------------------------------------
+    def _models(self, flow: http.HTTPFlow, state: Routed, engine: Engine) -> None:
+        """`GET …/models` for a governed caller, answered and traced here (`models_answer`)."""
+        raw = models_answer(engine, state, flow.request.pretty_host)
+        state.result = Result(200, [("content-type", "application/json")], [], body=raw)
+        flow.response = make_response(200, raw, [("content-type", "application/json"), *route_headers(state)])
+        flow.comment = summary(state)
+        self._finish(state, None)
+
     def _passthrough_done(self, state: Routed, status: int | None, outcome: str) -> None:
         self.passed += 1
         state.outcome = outcome

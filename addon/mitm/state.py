@@ -7,13 +7,15 @@ No hooks here; `router.py` calls these.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..apis import API_NAMES, ApiName
 from ..catalog import CatalogEntry
-from ..engine import Resolved
-from ..governance import Disposition, ErrorFormat, Kind
+from ..engine import Engine, Resolved
+from ..governance import Disposition, ErrorFormat, Kind, Verdict
 from ..policy import Decision
 from ..outcome import CallOutcome
 from ..pricing import Cost
@@ -41,6 +43,7 @@ class Routed:
     requested_model: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str | None = None      # set for passthrough: what the trace says happened
+    api_in: ApiName = "chat"        # the API shape the app spoke
     traced: bool = False            # the trace was written
 
     @property
@@ -54,6 +57,24 @@ class Routed:
         # request body or the app's headers (its credentials), and stays serialisable.
         return {"trace_id": self.trace_id,
                 "fingerprint": self.resolved.policy.fingerprint if self.resolved else None}
+
+
+def caller_shape(verdict: Verdict) -> tuple[ApiName, ErrorFormat]:
+    """The API shape a governed caller speaks, and its error format: Anthropic's for Messages
+    callers (and for refusals to Anthropic callers, as governance says)."""
+    api: ApiName = verdict.api if verdict.api in API_NAMES else "chat"  # type: ignore[assignment]
+    if verdict.kind is Kind.ROUTE:
+        return api, "anthropic" if api == "messages" else "openai"
+    return api, verdict.error_format
+
+
+def models_answer(engine: Engine, state: Routed, host: str) -> bytes:
+    """`GET …/models` for a governed caller: the catalog entries its policy allows, in Anthropic's
+    list format for Anthropic callers (an Anthropic host or an `anthropic-version` header)."""
+    assert state.resolved is not None
+    anthropic = "anthropic-version" in state.headers or engine.providers.speaks_at(host, "messages")
+    state.error_format = "anthropic" if anthropic else "openai"
+    return json.dumps(engine.models(state.resolved.policy, anthropic)).encode()
 
 
 def route_headers(state: Routed) -> list[tuple[str, str]]:
@@ -148,6 +169,7 @@ def trace_record(state: Routed, stats: StreamStats | None, catalog: list[dict[st
         latency_ms=round((time.monotonic() - state.t0) * 1000, 2), ttfb_ms=res.ttfb_ms,
         usage=usage.to_trace() if usage else None,
         actual_cost=cost.usd if cost else None, cost_source=cost.source if cost else None,
+        api_in=state.api_in, api_out=res.api_out,
         decision=d, attempts=res.attempts,  # to_dict() runs in the writer thread
         request_body=state.request_body, response_body=response_body,
         error=res.error.to_openai() if res.error is not None else None,

@@ -252,7 +252,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
     needs_row = bool(dynamic) or any(f in ("healthy", "latency_ms") for _, f in rank)
     pt, ot, mt = req.prompt_tokens, req.out_tokens, req.max_tokens
     need = pt + (mt or 0)
-    tools, vision = req.tools, req.vision
+    tools, vision, apis = req.tools, req.vision, req.api_providers
     items: list[tuple[Any, ...]] = []
     # Hot path (`hot`): no per-request clause and est_cost the only per-request sort key. The
     # sort key is (static prefix, ±cost, static suffix), precomputed but for the cost. Items are
@@ -266,6 +266,8 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
         # `misfit` and `usd`, inlined: a call per entry costs this loop ~25% (measured);
         # tests/test_policy_evaluate.py pins this copy to them.
         if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
+            continue
+        if apis is not None and entry.provider not in apis:
             continue
         cost = (pt * pin + ot * pout) / 1_000_000
         if hot:

@@ -46,6 +46,8 @@ class RequestProfile:
     tools: bool = False
     vision: bool = False
     stream: bool = False
+    # The providers that can carry this request in some shape (`fit:api`); None: all of them.
+    api_providers: frozenset[str] | None = None
 
     @property
     def out_tokens(self) -> int:
@@ -73,8 +75,11 @@ class RequestProfile:
                    bool(tools), vision, body.get("stream") is True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "prompt_tokens": self.prompt_tokens, "max_tokens": self.max_tokens,
-                "out_tokens": self.out_tokens, "tools": self.tools, "vision": self.vision, "stream": self.stream}
+        out = {"model": self.model, "prompt_tokens": self.prompt_tokens, "max_tokens": self.max_tokens,
+               "out_tokens": self.out_tokens, "tools": self.tools, "vision": self.vision, "stream": self.stream}
+        if self.api_providers is not None:
+            out["api_providers"] = sorted(self.api_providers)
+        return out
 
 
 def usd(prompt_tokens: int, out_tokens: int, price_in: float, price_out: float) -> float:
@@ -92,6 +97,7 @@ FIT_CHECKS: tuple[tuple[str, str, str], ...] = (
     ("fit:max_output", "max_output", "max_tokens <= max_output"),
     ("fit:tools", "capabilities", "request has tools: capabilities must include 'tools'"),
     ("fit:vision", "capabilities", "request has images: capabilities must include 'vision'"),
+    ("fit:api", "provider", "the provider must speak the request's API shape, or a translation must reach it"),
 )
 FIT_RULES = {check: rule for check, _, rule in FIT_CHECKS}
 
@@ -117,7 +123,9 @@ def fit_failure(entry: CatalogEntry, req: RequestProfile) -> tuple[str, str, Any
     n = misfit(req.prompt_tokens + (req.max_tokens or 0), req.max_tokens, req.tools, req.vision,
                entry.context_window, entry.max_output, "tools" in caps, "vision" in caps)
     if n is None:
-        return None
+        if req.api_providers is None or entry.provider in req.api_providers:
+            return None
+        n = 4   # fit:api: checked apart from `misfit` (a per-provider set, not an entry limit)
     check, field_name, _ = FIT_CHECKS[n]
     value = getattr(entry, field_name)
     return check, field_name, list(value) if field_name == "capabilities" else value

@@ -119,7 +119,7 @@ class ProcessTraceWriter:
         latency = ({e.id: health.live_fields(e.id).get("latency_ms") for e in d.catalog.entries}
                    if health is not None and d.policy.reads("latency_ms") else {})
         r = d.request
-        req = (r.model, r.prompt_tokens, r.max_tokens, r.tools, r.vision, r.stream)
+        req = (r.model, r.prompt_tokens, r.max_tokens, r.tools, r.vision, r.stream, r.api_providers)
         live = CompactDecision(pid, ir, version, rows, req, d.order, d.costs, frozenset(cooled), latency)
         return ("live", fields, live), (pid if ir is not None else None), (version if rows is not None else None)
 

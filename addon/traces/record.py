@@ -24,6 +24,8 @@ class TraceRecord:
     status: int | None = None
     outcome: str = "ok"
     disposition: str = "routed"   # routed | refused | failed | passthrough (governance.Disposition)
+    api_in: str | None = None      # the shape the app spoke: chat, responses, messages
+    api_out: str | None = None     # the shape the answering attempt was sent in
     latency_ms: float | None = None
     ttfb_ms: float | None = None
     # Token counts: prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens (usage.TokenUsage.to_trace)

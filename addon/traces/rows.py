@@ -212,6 +212,7 @@ def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[st
         "catalog_version": catalog_version, "requested_model": requested,
         "chosen_entry": chosen_id, "chosen_model": chosen.get("model"), "chosen_provider": chosen.get("provider"),
         "status": rec.status, "outcome": rec.outcome, "disposition": rec.disposition,
+        "api_in": rec.api_in, "api_out": rec.api_out,
         "latency_ms": rec.latency_ms, "ttfb_ms": rec.ttfb_ms,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
         "cached_tokens": usage.get("cached_tokens"), "reasoning_tokens": usage.get("reasoning_tokens"),

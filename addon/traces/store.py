@@ -109,6 +109,15 @@ def _v6_usage_details(db: Database) -> None:
         db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
 
 
+def _v7_api_shapes(db: Database) -> None:
+    """The API shape the app spoke (`api_in`) and the one the answering attempt was sent in
+    (`api_out`): chat, responses, messages. Traces from before were all chat."""
+    db.execute("ALTER TABLE decisions ADD COLUMN api_in TEXT")
+    db.execute("ALTER TABLE decisions ADD COLUMN api_out TEXT")
+    db.execute("UPDATE decisions SET api_in = 'chat', api_out = CASE WHEN chosen_entry IS NULL "
+               "THEN NULL ELSE 'chat' END")
+
+
 # Append only: a migration's position is its version number.
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("tables", _v1_tables),
@@ -117,6 +126,7 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("candidate_sets", _v4_candidate_sets),
     ("disposition", _v5_disposition),
     ("usage_details", _v6_usage_details),
+    ("api_shapes", _v7_api_shapes),
 ]
 
 _CHILDREN = ("candidate_sets", "attempts", "payloads")

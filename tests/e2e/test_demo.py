@@ -26,18 +26,22 @@ def test_demo_runs_every_call_and_explains_the_fallback(tmp_path):
     # per call, the tenant and outcome come from its trace row, not from the call's label.
     section = text.split("what routecar decided", 1)[1].split("4. routecar explain", 1)[0]
     rows = [re.split(r" {2,}", line.strip()) for line in section.splitlines()[2:] if line.strip()]
-    table = {r[0]: (r[1], r[3], r[5], r[6]) for r in rows if len(r) == 7}
+    table = {r[0]: (r[1], r[3], r[4], r[6], r[7]) for r in rows if len(r) == 8}
     assert table == {
-        "acme-free (by API key only)": ("acme-free", "openai/gpt-oss-120b @ groq", "1", "ok"),
-        "globex-enterprise": ("globex-enterprise", "gpt-5.5-nano @ openai", "1", "ok"),
-        "initech-eu (streaming)": ("initech-eu", "mistral-small-3 @ mistral", "1", "ok"),
-        "umbrella-health (no_log)": ("umbrella-health", "mistral-small-3 @ mistral", "1", "ok (no payload kept)"),
+        "acme-free (by API key only)": ("acme-free", "chat -> chat", "openai/gpt-oss-120b @ groq", "1", "ok"),
+        "globex-enterprise": ("globex-enterprise", "chat -> chat", "gpt-5.5-nano @ openai", "1", "ok"),
+        "initech-eu (streaming)": ("initech-eu", "chat -> chat", "mistral-small-3 @ mistral", "1", "ok"),
+        "umbrella-health (no_log)": ("umbrella-health", "chat -> chat", "mistral-small-3 @ mistral", "1", "ok (no payload kept)"),
         # the VIP's first choice failed, the second answered
-        "stark-vip (first choice down)": ("stark-vip", "gemini-3.5-pro @ google", "2", "ok"),
-        "wayne-mixed": ("wayne-mixed", "mistral-medium-3 @ mistral", "1", "ok"),
-        "header policy: vision, price_out <= 3": ("-", "meta-llama/llama-4-maverick @ groq", "1", "ok"),
+        "stark-vip (first choice down)": ("stark-vip", "chat -> chat", "gemini-3.5-pro @ google", "2", "ok"),
+        "wayne-mixed": ("wayne-mixed", "chat -> chat", "mistral-medium-3 @ mistral", "1", "ok"),
+        "header policy: vision, price_out <= 3": ("-", "chat -> chat", "meta-llama/llama-4-maverick @ groq", "1", "ok"),
         # a header cannot loosen its tenant's policy
-        "initech-eu asking for openai": ("initech-eu", "400 no_candidate", "-", "no_candidate"),
+        # an Anthropic-SDK app and a Responses app, routed per tenant and translated
+        "globex-enterprise, Anthropic SDK": ("globex-enterprise", "messages -> chat", "gpt-5.5-nano @ openai", "1",
+                                             "ok"),
+        "initech-eu, Responses API": ("initech-eu", "responses -> chat", "mistral-small-3 @ mistral", "1", "ok"),
+        "initech-eu asking for openai": ("initech-eu", "chat -> -", "400 no_candidate", "-", "no_candidate"),
     }
     assert "tenant=stark-vip" in text and "replay: same decision" in text  # the explained fallback
     assert "demo finished" in text  # (only said when every call answered as expected and was traced)
