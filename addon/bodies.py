@@ -178,3 +178,30 @@ def is_json_object(data: bytes | bytearray) -> bool:
         return isinstance(json.loads(data), dict)
     except (ValueError, RecursionError):
         return False
+
+
+MAX_BODY = 8 * 1024 * 1024
+
+
+def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
+    """The JSON object of a chat request, or BadRequest saying what is wrong."""
+    if raw is None or not raw:
+        raise BadRequest("request body is empty: expected a JSON chat completion request")
+    if len(raw) > max_body:
+        raise PayloadTooLarge(f"request body larger than {max_body} bytes (routecar_max_body)")
+    body = loads_strict(raw)   # no duplicate keys, NaN/Infinity or lone surrogates (see bodies.py)
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def identity_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
+    """The JSON object of a request routecar does not route (for `body_user` identification
+    only): {} when it is not one (a file upload, an empty GET...)."""
+    if not raw or len(raw) > max_body:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return body if isinstance(body, dict) else {}

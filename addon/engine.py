@@ -20,10 +20,10 @@ from cachetools import LRUCache
 
 from .apis import SHAPES, ApiName, Translation
 from .apis.wire import model_list, protocol_headers, shape_profile, shaped_request
-from .bodies import loads_strict
+from .bodies import MAX_BODY, parse_body
 from .catalog import Catalog, CatalogEntry
 from .errors import (AdminTokenRequired, BadRequest, ConfigError, InvalidPolicy, MethodNotAllowed, NoCandidate,
-                     PayloadTooLarge, RoutecarError, UnknownEndpoint, UnknownTenant)
+                     RoutecarError, UnknownEndpoint, UnknownTenant)
 from .governance import POLICY_HEADER, TENANT_HEADER, has_routing_header
 from .health import HealthTracker
 from .policy import Decision, Policy, PolicyCache, RequestProfile, evaluate
@@ -36,7 +36,6 @@ from .tenants.lookup import BlockingView, TenantLookup, identify_async
 from .tenants.rules import RULE_ORIGIN, RuleSet, compile_policy, require_compiles
 from .tenants.table import Tenant, TenantSource
 
-MAX_BODY = 8 * 1024 * 1024
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
 ADMIN_HEADER = "x-routecar-token"
 
@@ -57,30 +56,6 @@ class Outbound:
     body: bytes
     api_out: ApiName = "chat"
     translation: Translation | None = None   # None: sent in the caller's own shape
-
-
-def parse_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
-    """The JSON object of a chat request, or BadRequest saying what is wrong."""
-    if raw is None or not raw:
-        raise BadRequest("request body is empty: expected a JSON chat completion request")
-    if len(raw) > max_body:
-        raise PayloadTooLarge(f"request body larger than {max_body} bytes (routecar_max_body)")
-    body = loads_strict(raw)   # no duplicate keys, NaN/Infinity or lone surrogates (see bodies.py)
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
-def identity_body(raw: bytes | None, max_body: int = MAX_BODY) -> dict[str, Any]:
-    """The JSON object of a request routecar does not route (for `body_user` identification
-    only): {} when it is not one (a file upload, an empty GET...)."""
-    if not raw or len(raw) > max_body:
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _bearer(value: str | None) -> str | None:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from routecar.catalog import DEFAULT_CATALOG, load_catalog
-from routecar.engine import (Engine, check_catalog_providers, client_api_key, client_api_keys, identity_body,
-                             parse_body)
+from routecar.bodies import identity_body, parse_body
+from routecar.engine import Engine, check_catalog_providers, client_api_key, client_api_keys
 from routecar.errors import (BadRequest, ConfigError, InvalidPolicy, MissingProviderKey, NoCandidate, TenantConflict,
                              UnknownTenant)
 from routecar.health import HealthTracker

@@ -6,18 +6,23 @@ Small functions over mitmproxy's flow objects, so `router.py` keeps to the hooks
 from __future__ import annotations
 
 import json
+import logging
+import os
 import secrets
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy import mode_specs
 
 from ..bodies import decode_request
+from ..cabundle import env_command
 from ..errors import BadRequest, RoutecarError
 from ..governance import ErrorFormat, Governance, Mode, Verdict
 from ..providers import FORWARD_HEADERS
 
+log = logging.getLogger("routecar")
 REDACTED = b"[redacted]"
 # Header values a saved flow (or mitmweb) may keep of a governed request: everything else
 # (credentials, cookies, routing headers, unknown headers) is replaced with [redacted].
@@ -90,3 +95,22 @@ def make_response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) 
 def error_body(err: RoutecarError, fmt: ErrorFormat) -> bytes:
     """The error in the caller's format: Anthropic's error JSON for Anthropic callers."""
     return json.dumps(err.to_anthropic() if fmt == "anthropic" else err.to_openai()).encode()
+
+
+def log_how_to_use(server: Any, modes: Sequence[str], confdir: str) -> None:
+    """Where the app should point, with the port actually bound (also for port 0)."""
+    addrs = server.listen_addrs() if server is not None else []
+    if not addrs:
+        return
+    host, port = addrs[0][0], addrs[0][1]
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    url = f"http://{host}:{port}"
+    reverse = any(m.startswith("reverse") for m in modes)
+    # The CA this proxy signs with: routecar run's, or stock mitmdump's own confdir.
+    cmd = env_command(url, reverse=reverse, ca_dir=confdir, env=os.environ)
+    if reverse:
+        log.info('routecar: reverse mode: eval "$(%s)" in the app\'s shell (base URLs %s/v1 for openai, '
+                 "%s for anthropic); dry-run: curl %s/x/fields", cmd, url, url, url)
+    else:
+        log.info('routecar: regular mode: eval "$(%s)" in the app\'s shell; '
+                 "dry-run: curl -x %s http://routecar.local/x/fields", cmd, url)

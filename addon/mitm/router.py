@@ -31,8 +31,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1
 
 from ..apis import SHAPES
-from ..cabundle import env_command
-from ..engine import Engine, client_api_keys, identity_body, parse_body
+from ..bodies import identity_body, parse_body
+from ..engine import Engine, client_api_keys
 from ..errors import RoutecarError, ShuttingDown
 from ..governance import LOCAL_HOST, ROUTING_HEADERS, Governance, Kind, check_routing_headers, has_routing_header
 from ..keyscrub import KeyScrubber
@@ -43,8 +43,8 @@ from ..traces.store import default_traces_path
 from ..traces.writer import TraceWriter
 from ..upstream import Result, Timeouts, new_session, try_plan
 from .drain import Drain
-from .flows import (check_forwarded, classify, decoded_headers, error_body, header_pairs, make_response, mode_of,
-                    new_trace_id, proxy_user, redact_headers, request_bytes)
+from .flows import (check_forwarded, classify, decoded_headers, error_body, header_pairs, log_how_to_use,
+                    make_response, mode_of, new_trace_id, proxy_user, redact_headers, request_bytes)
 from ..telemetry import sidecar_state
 from .observe import RouterTelemetry
 from .options import add_options, close_lookup, read_settings
@@ -121,27 +121,8 @@ class Router:
                  self.engine.catalog.version if self.engine else "?",
                  len(self.engine.catalog.entries) if self.engine else 0,
                  self.writer.store_path if self.writer else "off")
-        self._log_how_to_use()
+        log_how_to_use(ctx.master.addons.get("proxyserver"), ctx.options.mode, ctx.options.confdir)
         self.telemetry.running(self.engine)
-
-    def _log_how_to_use(self) -> None:
-        """Where the app should point, with the port actually bound (also for port 0)."""
-        server = ctx.master.addons.get("proxyserver")
-        addrs = server.listen_addrs() if server is not None else []
-        if not addrs:
-            return
-        host, port = addrs[0][0], addrs[0][1]
-        host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-        url = f"http://{host}:{port}"
-        reverse = any(m.startswith("reverse") for m in ctx.options.mode)
-        # The CA this proxy signs with: routecar run's, or stock mitmdump's own confdir.
-        cmd = env_command(url, reverse=reverse, ca_dir=ctx.options.confdir, env=os.environ)
-        if reverse:
-            log.info('routecar: reverse mode: eval "$(%s)" in the app\'s shell (base URLs %s/v1 for openai, '
-                     "%s for anthropic); dry-run: curl %s/x/fields", cmd, url, url, url)
-        else:
-            log.info('routecar: regular mode: eval "$(%s)" in the app\'s shell; '
-                     "dry-run: curl -x %s http://routecar.local/x/fields", cmd, url)
 
     async def done(self) -> None:
         # Drain first (drain.py): every call gets its answer and its trace; the writer closes last.
