@@ -220,3 +220,21 @@ def int_field(obj: Any, *names: str) -> int:
     if not isinstance(obj, Mapping):
         return 0
     return sum(v for n in names if (v := count(obj.get(n))) is not None)
+
+
+class JsonShapeBase:
+    """What every shape does alike: the chosen model set on the body, usage read from a whole
+    answer (its top-level `usage`) or from a stream (the shape's `_pick` over its events)."""
+
+    usage_from: Callable[[Any], Usage | None]
+    pick: Callable[[Mapping[str, Any], Usage | None], Usage | None]
+
+    def for_entry(self, body: Mapping[str, Any], model: str) -> dict[str, Any]:
+        return {**body, "model": model}
+
+    def usage(self, answer: bytes) -> Usage | None:
+        body = parse_answer(answer)
+        return type(self).usage_from(body.get("usage")) if body is not None else None
+
+    def usage_reader(self) -> UsageReader:
+        return SSEUsageReader(type(self).pick)

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import RoutecarError
 from ..policy.request import RequestProfile
-from .base import (ApiName, SSEUsageReader, Usage, UsageReader, content_size, count, estimate_tokens, int_field,
-                   json_size, model_of, parse_answer, path_matches)
+from .base import (JsonShapeBase, ApiName, Usage, content_size, count, estimate_tokens, int_field, json_size,
+                   model_of, path_matches)
 
 # Content part types a chat request may carry that no other shape can take.
 _NATIVE_PARTS = frozenset({"input_audio", "file", "audio"})
@@ -34,7 +34,10 @@ def _pick(event: Mapping[str, Any], seen: Usage | None) -> Usage | None:
     return usage_from(event.get("usage")) or seen
 
 
-class ChatShape:
+class ChatShape(JsonShapeBase):
+    usage_from = staticmethod(usage_from)
+    pick = staticmethod(_pick)
+
     name: ApiName = "chat"
     suffix = "chat/completions"
     default_headers: Mapping[str, str] = {}
@@ -89,16 +92,6 @@ class ChatShape:
                 if isinstance(part, Mapping) and part.get("type") in _NATIVE_PARTS:
                     reasons.append(f"content:{part['type']}")
         return tuple(dict.fromkeys(reasons))
-
-    def for_entry(self, body: Mapping[str, Any], model: str) -> dict[str, Any]:
-        return {**body, "model": model}
-
-    def usage(self, answer: bytes) -> Usage | None:
-        body = parse_answer(answer)
-        return usage_from(body.get("usage")) if body is not None else None
-
-    def usage_reader(self) -> UsageReader:
-        return SSEUsageReader(_pick)
 
     def error_body(self, err: RoutecarError) -> dict[str, Any]:
         return err.to_openai()

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..errors import RoutecarError
 from ..policy.request import RequestProfile
-from .base import (ApiName, SSEUsageReader, Usage, UsageReader, content_size, count, estimate_tokens, int_field,
-                   json_size, model_of, parse_answer, path_matches)
+from .base import (JsonShapeBase, ApiName, Usage, content_size, count, estimate_tokens, int_field, json_size,
+                   model_of, path_matches)
 from .sse import encode
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -73,7 +73,10 @@ def _block_size(block: Mapping[str, Any]) -> tuple[int, bool]:
     return content_size([block])
 
 
-class MessagesShape:
+class MessagesShape(JsonShapeBase):
+    usage_from = staticmethod(usage_from)
+    pick = staticmethod(_pick)
+
     name: ApiName = "messages"
     suffix = "messages"
     default_headers: Mapping[str, str] = {"anthropic-version": ANTHROPIC_VERSION}
@@ -130,16 +133,6 @@ class MessagesShape:
                         isinstance(p, Mapping) and p.get("type") != "text" for p in block["content"]):
                     reasons.append("content:tool_result:non_text")
         return tuple(dict.fromkeys(reasons))
-
-    def for_entry(self, body: Mapping[str, Any], model: str) -> dict[str, Any]:
-        return {**body, "model": model}
-
-    def usage(self, answer: bytes) -> Usage | None:
-        body = parse_answer(answer)
-        return usage_from(body.get("usage")) if body is not None else None
-
-    def usage_reader(self) -> UsageReader:
-        return SSEUsageReader(_pick)
 
     def error_body(self, err: RoutecarError) -> dict[str, Any]:
         """Anthropic's error format; routecar's `code` and details ride along in `error`

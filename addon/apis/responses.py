@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import RoutecarError
 from ..policy.request import RequestProfile
-from .base import (ApiName, SSEUsageReader, Usage, UsageReader, content_size, count, estimate_tokens, int_field,
-                   json_size, model_of, parse_answer, path_matches)
+from .base import (JsonShapeBase, ApiName, Usage, content_size, count, estimate_tokens, int_field, json_size,
+                   model_of, path_matches)
 from .sse import encode_typed
 
 # Request fields that need OpenAI's server-side state.
@@ -64,7 +64,10 @@ def input_items(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [i for i in raw if isinstance(i, Mapping)] if isinstance(raw, list) else []
 
 
-class ResponsesShape:
+class ResponsesShape(JsonShapeBase):
+    usage_from = staticmethod(usage_from)
+    pick = staticmethod(_pick)
+
     name: ApiName = "responses"
     suffix = "responses"
     default_headers: Mapping[str, str] = {}
@@ -114,16 +117,6 @@ class ResponsesShape:
                 elif ptype not in TEXT_PARTS:
                     reasons.append(f"content:{ptype}" if user else f"content:{kind}:{ptype}")
         return tuple(dict.fromkeys(reasons))
-
-    def for_entry(self, body: Mapping[str, Any], model: str) -> dict[str, Any]:
-        return {**body, "model": model}
-
-    def usage(self, answer: bytes) -> Usage | None:
-        body = parse_answer(answer)
-        return usage_from(body.get("usage")) if body is not None else None
-
-    def usage_reader(self) -> UsageReader:
-        return SSEUsageReader(_pick)
 
     def error_body(self, err: RoutecarError) -> dict[str, Any]:
         return err.to_openai()
