@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from ..errors import RoutecarError
-from ..policy.request import IMAGE_TOKENS, RequestProfile
+from ..policy.request import RequestProfile
 from .sse import SSEDecoder, SSEError
 
 ApiName = Literal["chat", "responses", "messages"]
@@ -94,26 +94,6 @@ def path_matches(path: str, suffix: str) -> bool:
     matches `chat/completions`; `/v1/chat/completions/` and `/v1/xchat/completions` do not."""
     p = path.split("?", 1)[0]
     return p.endswith("/" + suffix)
-
-
-def content_size(content: Any) -> tuple[int, bool]:
-    """(characters of text, has an image) of one message's content, in any shape:
-    a string, or a list of parts (`text`, chat `image_url`, Responses `input_image`,
-    Messages `image`)."""
-    if isinstance(content, str):
-        return len(content), False
-    chars, image = 0, False
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, Mapping):
-                continue
-            kind = part.get("type")
-            if kind in ("image_url", "input_image", "image"):
-                image = True
-                chars += IMAGE_TOKENS * 4
-            elif isinstance(part.get("text"), str):
-                chars += len(part["text"])
-    return chars, image
 
 
 def estimate_tokens(chars: int, messages: int) -> int:

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import RoutecarError
-from ..policy.request import RequestProfile
-from .base import (JsonShapeBase, ApiName, Usage, content_size, count, estimate_tokens, int_field, json_size,
+from ..policy.request import RequestProfile, content_size
+from .base import (JsonShapeBase, ApiName, Usage, count, estimate_tokens, int_field, json_size,
                    model_of, path_matches)
 from .sse import encode
 

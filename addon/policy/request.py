@@ -18,8 +18,10 @@ DEFAULT_OUT_TOKENS = 256
 IMAGE_TOKENS = 85  # a low-detail image; enough to route on, not to bill
 
 
-def _text_len(content: Any) -> tuple[int, bool]:
-    """(characters of text, has an image part) of one message's content."""
+def content_size(content: Any) -> tuple[int, bool]:
+    """(characters of text, has an image) of one message's content, in any shape:
+    a string, or a list of parts (`text`, chat `image_url`, Responses `input_image`,
+    Messages `image`)."""
     if isinstance(content, str):
         return len(content), False
     chars, image = 0, False
@@ -61,7 +63,7 @@ class RequestProfile:
         if isinstance(messages, list):
             for m in messages:
                 if isinstance(m, Mapping):
-                    c, img = _text_len(m.get("content"))
+                    c, img = content_size(m.get("content"))
                     chars += c
                     vision |= img
                     n += 1
