@@ -1,16 +1,30 @@
 #!/usr/bin/env python3
-"""Trace writer throughput: records/s from submit() to committed rows, on the default catalog.
+"""Trace writer: throughput, store bytes per call, and what it does to an event loop.
 
     .venv/bin/python scripts/bench_traces.py [--records 5000] [--cap 60]
 
-Each record is what the addon writes for one routed request: the full decision
-(every catalog entry's verdict, the ranking), one attempt, and a small payload
-(or none with no_log). Prints a Markdown table; bounded by count and time.
+Each record is what the addon writes for one routed request on the shipped
+catalog: the decision (every catalog entry's verdict, the ranking), one
+attempt, usage, and a small payload (or none with no_log). Prompt sizes vary
+from record to record, as they do in traffic. Three tables, bounded by count
+and time:
+
+1. throughput: records/s from `submit()` to committed rows, and the writer's CPU per record;
+2. store bytes per routed call, payloads excluded (SQLite's `dbstat`: pages of
+   every table and index but `payloads`, divided by the calls written);
+3. event-loop stall: an asyncio loop wakes every 1 ms and hands the writer a
+   record at a steady rate (as the proxy does); its lateness p50/p99/max is
+   what the writer thread's GIL time adds to a request on the same core
+   (`--rate`, default 700 records/s, about `routecar run` at concurrency 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import random
+import sqlite3
 import sys
 import tempfile
 import time
@@ -20,57 +34,138 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from routecar.catalog import load_catalog  # noqa: E402
+from routecar.health import HealthTracker  # noqa: E402
 from routecar.policy import RequestProfile, evaluate, parse_policy  # noqa: E402
 from routecar.traces.record import TraceRecord  # noqa: E402
+from routecar.traces.store import TraceStore  # noqa: E402
 from routecar.traces.writer import TraceWriter  # noqa: E402
 
+WORDS = "summarise our churn in three bullets for the board with numbers and a chart".split()
 
-def records(n: int, no_log: bool) -> list[TraceRecord]:
+
+def records(n: int, no_log: bool, seed: int = 1) -> list[TraceRecord]:
     cat = load_catalog()
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Summarise our Q3 churn in 3 bullets."}]}
+    health = HealthTracker(time.monotonic)  # the sidecar always evaluates with live health
     pol = parse_policy({"rules": [["cmp", "bench_intelligence", "ge", 0.5]], "no_log": no_log}, cat.registry)
+    rnd = random.Random(seed)
     out = []
     for i in range(n):
-        d = evaluate(pol, cat, RequestProfile.from_body(body))
+        text = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 400)))
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+        d = evaluate(pol, cat, RequestProfile.from_body(body), health)
+        sel = d.entries[0]
         out.append(TraceRecord(
-            trace_id=f"rt_bench{i:08d}", ts=time.time(), tenant="acme-free", mode="regular", no_log=no_log,
-            status=200, outcome="ok", latency_ms=3.1, ttfb_ms=2.0,
-            usage={"prompt_tokens": 20, "completion_tokens": 9},
+            trace_id=f"rt_{int(time.time() * 1000):x}{i:08x}", ts=time.time(), tenant="acme-free",
+            mode="regular", no_log=no_log, status=200, outcome="ok", latency_ms=round(rnd.uniform(1, 900), 2),
+            ttfb_ms=round(rnd.uniform(1, 400), 2),
+            usage={"prompt_tokens": d.request.prompt_tokens, "completion_tokens": rnd.randint(1, 256),
+                   "total_tokens": d.request.prompt_tokens + 9},
+            actual_cost=round(rnd.uniform(0, 0.01), 8),
             decision=d,
-            attempts=[{"entry": d.selected.entry.id, "provider": d.selected.entry.provider,
-                       "model": d.selected.entry.model, "status": 200, "error_class": "ok", "duration_ms": 2.0}],
+            attempts=[{"entry": sel.id, "provider": sel.provider, "model": sel.model, "status": 200,
+                       "error_class": "ok", "duration_ms": round(rnd.uniform(1, 900), 2)}],
             request_body=None if no_log else str(body), response_body=None if no_log else '{"id": "x"}',
+            fingerprint=pol.fingerprint, digest=pol.digest, requested_model="gpt-4o",
             catalog=cat.to_list() if i == 0 else None))
     return out
 
 
-def run(n: int, no_log: bool, cap: float) -> tuple[float, int]:
-    recs = records(n, no_log)
+def throughput(recs: list[TraceRecord], cap: float) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process, records written): the main thread only
+    waits, so the CPU time is the writer's, whatever else the machine runs."""
     with tempfile.TemporaryDirectory() as tmp:
-        w = TraceWriter(Path(tmp) / "traces.db", max_queue=n + 1).start()
-        t0 = time.perf_counter()
+        w = TraceWriter(Path(tmp) / "traces.db", max_queue=len(recs) + 1).start()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for r in recs:
             w.submit(r)
         w.flush(timeout=cap)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         written = w.stats()["written"]
         w.close()
-    return elapsed, written
+    return elapsed, cpu, written
+
+
+def store_bytes(recs: list[TraceRecord]) -> dict[str, float]:
+    """Bytes on disk per call by table (its indexes included), from SQLite's dbstat."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "traces.db"
+        with TraceStore(path) as store:
+            for i in range(0, len(recs), 50):
+                store.write(recs[i:i + 50])
+        with sqlite3.connect(path) as db:
+            owner = dict(db.execute("SELECT name, tbl_name FROM sqlite_master WHERE type IN ('table', 'index')"))
+            sizes: dict[str, float] = {}
+            for name, pgsize in db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"):
+                table = owner.get(name, name)
+                sizes[table] = sizes.get(table, 0) + pgsize / len(recs)
+    return sizes
+
+
+def loop_stall(recs: list[TraceRecord], rate: float, seconds: float, traced: bool) -> tuple[float, float, float, int]:
+    """(p50, p99, max lateness in ms, records submitted) of a 1 ms asyncio tick while a
+    TraceWriter (or none) takes records at `rate`/s."""
+    async def main(writer: TraceWriter | None) -> tuple[list[float], int]:
+        late: list[float] = []
+        sent, t_start = 0, time.perf_counter()
+        end = t_start + seconds
+        while (now := time.perf_counter()) < end and sent < len(recs):
+            t0 = now
+            await asyncio.sleep(0.001)
+            late.append((time.perf_counter() - t0 - 0.001) * 1000)
+            due = int((time.perf_counter() - t_start) * rate)
+            while sent < due and sent < len(recs):
+                if writer is not None:
+                    writer.submit(recs[sent])
+                sent += 1
+        return late, sent
+
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = TraceWriter(Path(tmp) / "traces.db", max_queue=len(recs) + 1).start() if traced else None
+        late, sent = asyncio.run(main(writer))
+        if writer is not None:
+            writer.close()
+    late.sort()
+    return late[len(late) // 2], late[int(len(late) * 0.99)], late[-1], sent
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=5000)
     p.add_argument("--cap", type=float, default=60.0, help="seconds per run at most")
+    p.add_argument("--rate", type=float, default=700.0, help="records/s for the event-loop stall run")
+    p.add_argument("--stall-seconds", type=float, default=6.0)
     args = p.parse_args()
-    print(f"Trace writer throughput, {args.records} records per run, default catalog "
-          f"({len(load_catalog().entries)} entries -> one candidates row each)\n")
-    print("| payload | records written | seconds | records/s | µs/record |")
+    n_entries = len(load_catalog().entries)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"Trace writer, {args.records} records per run, shipped catalog ({n_entries} entries); "
+          f"load average {load}\n")
+    print("| payload | records written | seconds | records/s | CPU µs/record |")
     print("| --- | ---: | ---: | ---: | ---: |")
+    logged = records(args.records, False)
     for no_log in (False, True):
-        elapsed, written = run(args.records, no_log, args.cap)
+        elapsed, cpu, written = throughput(records(args.records, True) if no_log else logged, args.cap)
         print(f"| {'none (no_log)' if no_log else 'request + response'} | {written} | {elapsed:.2f} | "
-              f"{written / elapsed:.0f} | {elapsed / max(1, written) * 1e6:.0f} |")
+              f"{written / elapsed:.0f} | {cpu / max(1, written) * 1e6:.0f} |")
+
+    sizes = store_bytes(logged)
+    total = sum(v for k, v in sizes.items() if k != "payloads")
+    print(f"\nStore bytes per routed call ({len(logged)} calls, pages of each table and its indexes)\n")
+    print("| table | bytes/call |")
+    print("| --- | ---: |")
+    for table, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        print(f"| {table} | {size:.0f} |")
+    print(f"| **total, payloads excluded** | **{total:.0f}** |")
+
+    print(f"\nEvent-loop stall: a 1 ms asyncio tick, {args.rate:g} records/s handed to the writer, "
+          f"{args.stall_seconds:g} s\n")
+    print("| writer | records | tick lateness p50 ms | p99 ms | max ms |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    n = int(args.rate * args.stall_seconds) + 1
+    stall_recs = (logged * (n // len(logged) + 1))[:n]
+    for traced in (False, True):
+        p50, p99, worst, sent = loop_stall(stall_recs, args.rate, args.stall_seconds, traced)
+        print(f"| {'TraceWriter' if traced else 'none (traces off)'} | {sent if traced else 0} | "
+              f"{p50:.3f} | {p99:.3f} | {worst:.2f} |")
     return 0
 
 
