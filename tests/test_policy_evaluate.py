@@ -435,4 +435,50 @@ def test_static_rows_have_the_static_row_fields() -> None:
         assert r.entry is e and (r.price_in, r.price_out, r.context_window, r.max_output) == (
             e.price_in, e.price_out, e.context_window, e.max_output)
         assert (r.tools, r.vision) == ("tools" in e.capabilities, "vision" in e.capabilities)
+        assert r.id == e.id and r.ok_healthy and r.ok_cooled  # no clause reads `healthy`
         assert r.prefix == () and r.suffix == r.parts[1:]  # est_cost is the first sort key
+
+
+# -- per-request clauses: the interval test and the per-entry health pair agree with the clauses ---
+
+_DYNAMIC_CLAUSES = st.one_of(
+    st.builds(lambda op, n: ["cmp", "est_cost", op, n], st.sampled_from(["ge", "gt", "le", "lt"]),
+              st.one_of(st.integers(0, 3), st.floats(0, 0.05, allow_nan=False))),
+    st.builds(lambda v: ["eq", "healthy", v], st.booleans()),
+    st.builds(lambda v: ["or", ["eq", "healthy", True], ["eq", "region", v]], st.sampled_from(["eu", "us"])),
+    st.builds(lambda v: ["not", ["cmp", "est_cost", "gt", v]], st.floats(0, 0.05, allow_nan=False)),
+    st.builds(lambda v: ["or", ["cmp", "latency_ms", "lt", v], ["eq", "zdr", True]], st.integers(0, 1000)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_DYNAMIC_CLAUSES, max_size=4), st.sets(st.sampled_from([e.id for e in CAT.entries]), max_size=4),
+       st.integers(0, 20_000), st.one_of(st.none(), st.integers(0, 4000)))
+def test_per_request_clauses_keep_exactly_the_entries_every_clause_passes(rules, cooled, prompt, max_tokens) -> None:
+    from routecar.policy.evaluate import _row
+    from routecar.policy.request import fit_failure
+
+    health = FakeHealth({i: {"healthy": i not in cooled, "latency_ms": 10.0 * len(i)} for i in cooled | {"groq/gpt-oss-120b"}})
+    req = RequestProfile(prompt_tokens=prompt, max_tokens=max_tokens)
+    policy = P({"rules": [["cmp", "bench_intelligence", "ge", 0.2], *rules]})
+    d = evaluate(policy, CAT, req, health)
+    expected = {e.id for e, base in zip(CAT.entries, CAT.rows)
+                if all(c.test(_row(e, base, req, health)) for c in policy.clauses) and fit_failure(e, req) is None}
+    assert {r.entry.id for r in d.ranked} == expected
+    assert {e.id for e, f in d.verdicts if f is None} == expected
+
+
+@pytest.mark.parametrize(("op", "n", "inside", "outside"), [
+    ("le", 0.5, [0.5, 0.0], [0.5000000000000001]),
+    ("lt", 0.5, [0.49999999999999994], [0.5]),
+    ("ge", 1, [1.0, 2.0], [0.9999999999999999]),
+    ("gt", 1, [1.0000000000000002], [1.0]),
+])
+def test_cost_bound_is_the_clause_as_an_interval(op: str, n: float, inside: list[float], outside: list[float]) -> None:
+    from routecar.policy.evaluate import cost_bound
+
+    clause = P({"rules": [["cmp", "est_cost", op, n]]}).clauses[0]
+    lo, hi = cost_bound(clause)
+    for cost in inside + outside:
+        assert (lo <= cost <= hi) == clause.test({"est_cost": cost}) == (cost in inside)
+    assert cost_bound(P({"rules": [["cmp", "price_in", op, n]]}).clauses[0]) is None

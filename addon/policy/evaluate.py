@@ -10,7 +10,9 @@ computed lazily, in policy order, when a trace or a dry run asks for them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
+from operator import itemgetter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple, Protocol
@@ -74,12 +76,15 @@ class StaticRow(NamedTuple):
 
     index: int                   # in the catalog
     entry: CatalogEntry
+    id: str
     price_in: float
     price_out: float
     context_window: int
     max_output: int
     tools: bool                  # "tools" in capabilities
     vision: bool                 # "vision" in capabilities
+    ok_healthy: bool             # passes the health-only clauses while healthy...
+    ok_cooled: bool              # ...and while cooling down
     parts: tuple[Any, ...]       # sort-key parts known statically (_DYN where the request decides)
     prefix: tuple[Any, ...]      # fast path: the parts before est_cost...
     suffix: tuple[Any, ...]      # ...and after it
@@ -89,17 +94,46 @@ class StaticRow(NamedTuple):
     # costs the first evaluation of a policy ~10%.
 
 
+_CMP_BOUND = {"ge": (1, 0.0), "gt": (1, math.inf), "le": (-1, 0.0), "lt": (-1, -math.inf)}
+
+
+def cost_bound(clause: Clause) -> tuple[float, float] | None:
+    """A clause `["cmp", "est_cost", op, n]` as the closed float interval [lo, hi] of costs
+    passing it (a strict bound is the next float towards the inside), or None for any other
+    clause. Lets the per-request loop test `lo <= cost <= hi` instead of calling the clause."""
+    e = clause.normal
+    if not (isinstance(e, list) and len(e) == 4 and e[0] == "cmp" and e[1] == "est_cost"):
+        return None
+    n = e[3]
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or float(n) != n:
+        return None  # NaN, or an int a float cannot hold exactly: let the clause decide
+    side, towards = _CMP_BOUND[e[2]]
+    edge = float(n) if towards == 0.0 else math.nextafter(float(n), towards)
+    return (edge, math.inf) if side == 1 else (-math.inf, edge)
+
+
+def _health_only(clause: Clause) -> bool:
+    """Reads `healthy` and no other per-request field: decidable per entry for both states."""
+    return {f for f in clause.fields if f in DYNAMIC_FIELDS} == {"healthy"}
+
+
 @dataclass(frozen=True, slots=True)
 class _Static:
     """Per (policy, catalog version): the entries passing every request-independent
-    clause, pre-unpacked into what the per-request loop needs."""
+    clause, pre-unpacked into what the per-request loop needs, and the per-request
+    clauses split by how cheaply they can be tested."""
 
     rows: tuple[tuple[Any, ...], ...]   # StaticRow's fields, as plain tuples
     composed: bool                       # one composed sort key is enough (no descending strings)
     cost_at: int | None                  # fast path: est_cost is the only per-request sort key, here
     cost_sign: int = 1
     failures: Mapping[int, Failure] = field(default_factory=dict)  # first failing static clause
-    dyn_static: tuple[str, ...] = ()     # entry fields the per-request clauses also read
+    dyn_static: tuple[str, ...] = ()     # entry fields the general per-request clauses also read
+    cost_lo: float = -math.inf           # est_cost clauses, as one interval
+    cost_hi: float = math.inf
+    health_checked: bool = False         # some clause reads only `healthy` (ok_healthy/ok_cooled)
+    general: tuple[Clause, ...] = ()     # the other per-request clauses: tested on a small row
+    reads_latency: bool = False
 
 
 _DYN = object()  # placeholder for a sort-key part known only per request
@@ -125,6 +159,16 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
                    for d, f in policy.rank)
     dyn = [n for n, (_, f) in enumerate(policy.rank) if f in DYNAMIC_FIELDS]
     cost_at = dyn[0] if composed and len(dyn) == 1 and policy.rank[dyn[0]][1] == "est_cost" else None
+    lo, hi = -math.inf, math.inf
+    health_only: list[Clause] = []
+    general: list[Clause] = []
+    for c in policy.dynamic_clauses:
+        if (bound := cost_bound(c)) is not None:
+            lo, hi = max(lo, bound[0]), min(hi, bound[1])
+        elif _health_only(c):
+            health_only.append(c)
+        else:
+            general.append(c)
     rows: list[tuple[Any, ...]] = []
     failures: dict[int, Failure] = {}
     for i, (entry, row) in enumerate(zip(catalog.entries, catalog.rows)):
@@ -134,14 +178,18 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
         else:
             parts = tuple(_DYN if f in DYNAMIC_FIELDS else _key_part(d, row.get(f)) if composed else row.get(f)
                           for d, f in policy.rank)
+            ok = [all(c.test({**row, "healthy": h, "est_cost": None, "latency_ms": None}) for c in health_only)
+                  for h in (True, False)]
             caps = entry.capabilities
             k = cost_at if cost_at is not None else 0
-            # A StaticRow's fields, built as a plain tuple (see StaticRow.packed).
-            rows.append((i, entry, entry.price_in, entry.price_out, entry.context_window, entry.max_output,
-                         "tools" in caps, "vision" in caps, parts, parts[:k], parts[k + 1:]))
-    dyn_static = tuple(dict.fromkeys(f for c in policy.dynamic_clauses for f in c.fields if f not in DYNAMIC_FIELDS))
+            # A StaticRow's fields, built as a plain tuple (see StaticRow).
+            rows.append((i, entry, entry.id, entry.price_in, entry.price_out, entry.context_window,
+                         entry.max_output, "tools" in caps, "vision" in caps, ok[0], ok[1],
+                         parts, parts[:k], parts[k + 1:]))
+    dyn_static = tuple(dict.fromkeys(f for c in general for f in c.fields if f not in DYNAMIC_FIELDS))
     hit = _Static(tuple(rows), composed, cost_at,
-                  -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures, dyn_static)
+                  -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures, dyn_static,
+                  lo, hi, bool(health_only), tuple(general), policy.reads("latency_ms"))
     if len(policy.memo) > 4:  # catalogs are reloaded rarely; keep the newest few
         policy.memo.clear()
     policy.memo[catalog.version] = hit
@@ -246,23 +294,28 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
     """Filter every entry, rank the survivors, select the first; fallback is the rest of the plan."""
     req = request or RequestProfile()
     st = _static(policy, catalog)
-    dynamic = policy.dynamic_clauses
+    general = st.general
     rank = policy.rank
     # Full rows (entry fields + est_cost + live health) only when a clause or a sort key needs them.
-    needs_row = bool(dynamic) or any(f in ("healthy", "latency_ms") for _, f in rank)
+    needs_row = bool(general) or any(f in ("healthy", "latency_ms") for _, f in rank)
     pt, ot, mt = req.prompt_tokens, req.out_tokens, req.max_tokens
     need = pt + (mt or 0)
     tools, vision, apis = req.tools, req.vision, req.api_providers
     items: list[tuple[Any, ...]] = []
-    # Hot path (`hot`): no per-request clause and est_cost the only per-request sort key. The
-    # sort key is (static prefix, ±cost, static suffix), precomputed but for the cost. Items are
-    # flat tuples (sort key..., catalog index, cost): the index is unique, so the cost after it
-    # is never compared; with est_cost first the key is (cost, suffix).
-    hot = st.cost_at is not None and not dynamic
+    # Hot path (`hot`): no general per-request clause and est_cost the only per-request sort key.
+    # The sort key is (static prefix, ±cost, static suffix), precomputed but for the cost. Items
+    # are flat tuples (sort key..., catalog index, cost): the index is unique, so the cost after
+    # it is never compared; with est_cost first the key is (cost, suffix). Clauses on est_cost
+    # alone are one interval test; clauses on `healthy` alone were decided per entry for both
+    # states (ok_healthy, ok_cooled).
+    hot = st.cost_at is not None and not general
     sign, first = st.cost_sign, st.cost_at == 0
+    lo, hi = st.cost_lo, st.cost_hi
+    bounded = lo != -math.inf or hi != math.inf
+    check_health = st.health_checked
     cooled = health.cooled_ids() if health is not None else frozenset()
-    latency = health is not None and policy.reads("latency_ms")
-    for i, entry, pin, pout, cw, mo, has_tools, has_vision, parts, prefix, suffix in st.rows:
+    latency = health is not None and st.reads_latency
+    for i, entry, eid, pin, pout, cw, mo, has_tools, has_vision, ok_h, ok_c, parts, prefix, suffix in st.rows:
         # `misfit` and `usd`, inlined: a call per entry costs this loop ~25% (measured);
         # tests/test_policy_evaluate.py pins this copy to them.
         if need > cw or (mt is not None and mt > mo) or (tools and not has_tools) or (vision and not has_vision):
@@ -270,22 +323,26 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
         if apis is not None and entry.provider not in apis:
             continue
         cost = (pt * pin + ot * pout) / 1_000_000
+        if bounded and not lo <= cost <= hi:
+            continue
+        if check_health and not (ok_c if eid in cooled else ok_h):
+            continue
         if hot:
             if first:
                 items.append((sign * cost, suffix, i, cost))
             else:
                 items.append((prefix, sign * cost, suffix, i, cost))
             continue
-        # Per-request clauses or sort keys: each survivor gets a small row with just the
-        # fields they read (not a copy of the whole entry).
+        # General per-request clauses or sort keys: each survivor gets a small row with just
+        # the fields they read (not a copy of the whole entry).
         row: dict[str, Any] | None = None
         if needs_row:
             base = catalog.rows[i]
             row = {f: base.get(f) for f in st.dyn_static}
-            row["est_cost"], row["healthy"] = cost, entry.id not in cooled
-            row["latency_ms"] = (health.live_fields(entry.id).get("latency_ms")
+            row["est_cost"], row["healthy"] = cost, eid not in cooled
+            row["latency_ms"] = (health.live_fields(eid).get("latency_ms")
                                  if latency and health is not None else None)
-            if not all([c.test(row) for c in dynamic]):
+            if not all([c.test(row) for c in general]):
                 continue
         if st.cost_at is not None:
             items.append((prefix, sign * cost, suffix, i, cost))
@@ -308,4 +365,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
                 items.sort(key=lambda t: (t[0][n] is not None, t[0][n]), reverse=True)
     if cooled:  # a cooled-down entry is tried only after every healthy one
         items.sort(key=lambda t: catalog.entries[t[-2]].id in cooled)
-    return Decision(policy, catalog, req, tuple(t[-2] for t in items), tuple(t[-1] for t in items), health)
+    return Decision(policy, catalog, req, tuple(map(_INDEX, items)), tuple(map(_COST, items)), health)
+
+
+_INDEX, _COST = itemgetter(-2), itemgetter(-1)

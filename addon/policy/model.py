@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..errors import InvalidPolicy
@@ -70,13 +71,18 @@ class Policy:
 
     def reads(self, field_name: str) -> bool:
         """True if a clause or a sort key looks at `field_name`."""
-        return any(field_name in c.fields for c in self.clauses) or any(f == field_name for _, f in self.rank)
+        return field_name in self.fields_read
 
-    @property
+    @cached_property
+    def fields_read(self) -> frozenset[str]:
+        """Every field a clause or a sort key looks at (computed once: `reads` is on the hot path)."""
+        return frozenset(f for c in self.clauses for f in c.fields) | {f for _, f in self.rank}
+
+    @cached_property
     def static_clauses(self) -> tuple[Clause, ...]:
         return tuple(c for c in self.clauses if not c.dynamic)
 
-    @property
+    @cached_property
     def dynamic_clauses(self) -> tuple[Clause, ...]:
         return tuple(c for c in self.clauses if c.dynamic)
 
