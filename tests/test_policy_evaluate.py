@@ -482,3 +482,18 @@ def test_cost_bound_is_the_clause_as_an_interval(op: str, n: float, inside: list
     for cost in inside + outside:
         assert (lo <= cost <= hi) == clause.test({"est_cost": cost}) == (cost in inside)
     assert cost_bound(P({"rules": [["cmp", "price_in", op, n]]}).clauses[0]) is None
+
+
+def test_a_decision_keeps_the_health_it_was_made_with() -> None:
+    """Verdicts and sort keys are computed later (in the trace writer): they must tell what the
+    router saw, not the health of the moment they are computed."""
+    live = {"groq/gpt-oss-120b": {"healthy": False, "latency_ms": 100.0},
+            "mistral/mistral-small-3": {"healthy": True, "latency_ms": 300.0}}
+    health = FakeHealth(live)
+    d = evaluate(P({"rules": [["eq", "healthy", True]], "rank": [["asc", "latency_ms"]]}), CAT, SHORT, health)
+    live["groq/gpt-oss-120b"] = {"healthy": True, "latency_ms": 1.0}      # it recovers...
+    live["mistral/mistral-small-3"] = {"healthy": False, "latency_ms": None}  # ...another cools down
+    verdicts = {e.id: f for e, f in d.verdicts}
+    assert verdicts["groq/gpt-oss-120b"] is not None and verdicts["groq/gpt-oss-120b"].value is False
+    assert verdicts["mistral/mistral-small-3"] is None
+    assert d.ranked[0].entry.id == "mistral/mistral-small-3" and d.ranked[0].keys["latency_ms"] == 300.0

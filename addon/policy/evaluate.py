@@ -34,6 +34,22 @@ class LiveHealth(Protocol):
         ...
 
 
+class HealthSnapshot:
+    """Live health as it was when a request was decided: what a Decision keeps, so that its
+    verdicts and sort keys, computed later (in a trace writer), tell what the router saw."""
+
+    __slots__ = ("cooled", "latency")
+
+    def __init__(self, cooled: frozenset[str], latency: Mapping[str, float | None]) -> None:
+        self.cooled, self.latency = cooled, latency
+
+    def cooled_ids(self) -> frozenset[str]:
+        return self.cooled
+
+    def live_fields(self, entry_id: str) -> dict[str, Any]:
+        return {"healthy": entry_id not in self.cooled, "latency_ms": self.latency.get(entry_id)}
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     index: int | None
@@ -314,7 +330,10 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
     bounded = lo != -math.inf or hi != math.inf
     check_health = st.health_checked
     cooled = health.cooled_ids() if health is not None else frozenset()
-    latency = health is not None and st.reads_latency
+    latency: Mapping[str, float | None] = (
+        {e.id: health.live_fields(e.id).get("latency_ms") for e in catalog.entries}
+        if health is not None and st.reads_latency else {})
+    snapshot = HealthSnapshot(cooled, latency) if health is not None else None
     for i, entry, eid, pin, pout, cw, mo, has_tools, has_vision, ok_h, ok_c, parts, prefix, suffix in st.rows:
         # `misfit` and `usd`, inlined: a call per entry costs this loop ~25% (measured);
         # tests/test_policy_evaluate.py pins this copy to them.
@@ -340,8 +359,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
             base = catalog.rows[i]
             row = {f: base.get(f) for f in st.dyn_static}
             row["est_cost"], row["healthy"] = cost, eid not in cooled
-            row["latency_ms"] = (health.live_fields(eid).get("latency_ms")
-                                 if latency and health is not None else None)
+            row["latency_ms"] = latency.get(eid)
             if not all([c.test(row) for c in general]):
                 continue
         if st.cost_at is not None:
@@ -365,7 +383,7 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
                 items.sort(key=lambda t: (t[0][n] is not None, t[0][n]), reverse=True)
     if cooled:  # a cooled-down entry is tried only after every healthy one
         items.sort(key=lambda t: catalog.entries[t[-2]].id in cooled)
-    return Decision(policy, catalog, req, tuple(map(_INDEX, items)), tuple(map(_COST, items)), health)
+    return Decision(policy, catalog, req, tuple(map(_INDEX, items)), tuple(map(_COST, items)), snapshot)
 
 
 _INDEX, _COST = itemgetter(-2), itemgetter(-1)

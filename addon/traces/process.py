@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from ..catalog import parse_catalog
 from ..policy import Decision, RequestProfile, parse_policy
+from ..policy.evaluate import HealthSnapshot
 from .record import TraceRecord
 from .writer import TraceWriter
 
@@ -47,19 +48,6 @@ class CompactDecision(NamedTuple):
     costs: tuple[float, ...]
     cooled: frozenset[str]
     latency: Mapping[str, float | None]
-
-
-class SnapshotHealth:
-    """Live health as it was when the request was decided."""
-
-    def __init__(self, cooled: frozenset[str], latency: Mapping[str, float | None]) -> None:
-        self.cooled, self.latency = cooled, latency
-
-    def cooled_ids(self) -> frozenset[str]:
-        return self.cooled
-
-    def live_fields(self, entry_id: str) -> dict[str, Any]:
-        return {"healthy": entry_id not in self.cooled, "latency_ms": self.latency.get(entry_id)}
 
 
 class ProcessTraceWriter:
@@ -207,7 +195,7 @@ def _child_main(store_path: str, options: dict[str, Any], q: Any, replies: Any, 
         if live.policy_ir is not None and live.policy_id not in policies:
             policies[live.policy_id] = parse_policy(live.policy_ir, catalog.registry)
         return Decision(policies[live.policy_id], catalog, RequestProfile(*live.request), live.order, live.costs,
-                        SnapshotHealth(live.cooled, live.latency))
+                        HealthSnapshot(live.cooled, live.latency))
 
     while True:
         try:
