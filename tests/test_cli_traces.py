@@ -265,17 +265,27 @@ def _tamper(db: Path, trace_id: str, sql: str) -> None:
         assert conn.execute(sql, (trace_id,)).rowcount == 1
 
 
+EU = dict_for(EU_POLICY)
+_AT = {e.id: i for i, e in enumerate(CATALOG.entries)}
+_PART = "key = (SELECT part FROM decisions WHERE trace_id = ?)"
+
+
+def _unrank(*ids: str) -> str:
+    return "".join(f", '$[{_AT[i]}][9]', NULL" for i in ids)
+
+
 @pytest.mark.parametrize("sql,difference", [
-    ("UPDATE decisions SET decision = json_set(decision, '$.selected', 'openai/gpt-5.5') "
-     "WHERE trace_id = ?", 'selected: stored "openai/gpt-5.5", replay "{selected}"'),
-    ("UPDATE decisions SET decision = json_set(decision, '$.ranked', json_array()) WHERE trace_id = ?",
-     "ranked order: stored [], replay [\"{selected}\""),
-    # candidates are stored one JSON array per trace (columns: see CANDIDATE_COLUMNS)
-    ("UPDATE candidate_sets SET entries = json_set(entries, '$[0][3]', 1, '$[0][5]', NULL) "
-     "WHERE trace_id = ? AND json_extract(entries, '$[0][0]') = 'openai/gpt-5.5'",
+    # a trace's verdicts and ranking live in its decision part (columns: see PART_COLUMNS)
+    (f"UPDATE decision_parts SET candidates = json_set(candidates{_unrank(EU['selected'])}) WHERE {_PART}",
+     f'selected: stored "{EU["ranked"][1]["id"]}", replay "{EU["selected"]}"'),
+    (f"UPDATE decision_parts SET candidates = json_set(candidates{_unrank(*[r['id'] for r in EU['ranked']])}) "
+     f"WHERE {_PART}", f'ranked order: stored [], replay ["{EU["selected"]}"'),
+    ("UPDATE decision_parts SET candidates = json_set(candidates, '$[0][3]', 1, '$[0][5]', NULL) "
+     f"WHERE {_PART} AND json_extract(candidates, '$[0][0]') = 'openai/gpt-5.5'",
      'verdict openai/gpt-5.5: stored "pass", replay "drop (eu-only)"'),
-    ("UPDATE decisions SET policy = json_set(policy, '$.no_log', json('true')), "
-     "decision = json_set(decision, '$.policy.no_log', json('true')) WHERE trace_id = ?",
+    ("UPDATE policy_parts SET policy = json_set(policy, '$.no_log', json('true')), "
+     "summary = json_set(summary, '$.no_log', json('true')) "
+     f"WHERE key = (SELECT policy_key FROM decision_parts WHERE {_PART})",
      "policy digest: stored"),
 ])
 def test_explain_reports_a_tampered_decision(capsys, db, sql, difference):
@@ -283,7 +293,7 @@ def test_explain_reports_a_tampered_decision(capsys, db, sql, difference):
     code, out, _ = run(capsys, "explain", "rt_eu", "--db", str(db))
     assert code == 1
     assert "replay: different decision" in out
-    assert difference.format(selected=dict_for(EU_POLICY)["selected"]) in out
+    assert difference in out
     code, out, _ = run(capsys, "explain", "rt_eu", "--db", str(db), "--json")
     assert code == 1 and json.loads(out)["replay"]["status"] == "different"
 

@@ -1,17 +1,24 @@
-"""record_rows: the one builder of a trace's rows, from a typed Decision."""
+"""record_rows: the one builder of a trace's rows, from a typed Decision; decision parts."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from dataclasses import replace
 
 import pytest
-from cachetools import LRUCache
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routecar.catalog import load_catalog
 from routecar.policy import RequestProfile, evaluate, parse_policy
+from routecar.policy.request import usd, usd_sql
+from routecar.traces.parts import PART_COLUMNS, PartCache, legacy_columns
+from routecar.traces.readback import rebuild_decision
 from routecar.traces.record import TraceRecord
-from routecar.traces.rows import CANDIDATE_COLUMNS, DecisionParts, rebuild_decision, record_rows
+from routecar.traces.rows import record_rows
+from routecar.traces.store import TraceStore
 
 CAT = load_catalog()
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello " * 50}], "max_tokens": 100}
@@ -25,17 +32,17 @@ def decide(policy, body=BODY):
     return evaluate(parse_policy(policy, CAT.registry), CAT, RequestProfile.from_body(body))
 
 
-def candidates(rows):
-    """The candidate entries of one trace as dicts of CANDIDATE_COLUMNS."""
-    [cset] = rows["candidate_sets"]
-    return [dict(zip(CANDIDATE_COLUMNS, e)) for e in json.loads(cset["entries"])]
+def part_candidates(rows):
+    """The candidate entries of one trace's decision part as dicts of PART_COLUMNS."""
+    [part] = rows["decision_parts"]
+    return [dict(zip(PART_COLUMNS, e)) for e in json.loads(part.candidates)]
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_one_candidate_per_catalog_entry_with_its_verdict_and_rank(policy):
+def test_one_candidate_per_catalog_entry_with_its_verdict_rank_and_prices(policy):
     d = decide(policy)
     rows = record_rows(TraceRecord(trace_id="rt_1", ts=1.0, decision=d))
-    got = candidates(rows)
+    got = part_candidates(rows)
     assert [c["entry_id"] for c in got] == [e.id for e in CAT.entries]
     ranked = [r.entry.id for r in d.ranked]
     for c, (entry, failure) in zip(got, d.verdicts):
@@ -44,37 +51,48 @@ def test_one_candidate_per_catalog_entry_with_its_verdict_and_rank(policy):
         if failure is not None:
             assert (c["failed_index"], c["failed_clause_id"], c["failed_field"]) == (failure.index, failure.id, failure.field)
             assert json.loads(c["failed_value"]) == failure.value
-            assert c["est_cost"] is None
+            assert c["price_in"] is None and c["price_out"] is None
         else:
-            assert c["est_cost"] == pytest.approx(next(r.est_cost for r in d.ranked if r.entry.id == entry.id))
+            assert (c["price_in"], c["price_out"]) == (entry.price_in, entry.price_out)
+    [row] = rows["decisions"]
+    assert row["part"] == rows["decision_parts"][0].key and row["costs"] is None  # the costs are usd() of the prices
+    assert json.loads(row["request"]) == [d.request.prompt_tokens, 100, 100, 0, 0, 0]
+    assert row["decision"] is row["policy"] is row["catalog_version"] is None  # they are in the part
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_the_decision_columns_rebuild_to_dict(policy):
+def test_the_parts_rebuild_to_dict(policy):
     d = decide(policy)
     rows = record_rows(TraceRecord(trace_id="rt_1", ts=1.0, decision=d))
-    [row] = rows["decisions"]
-    stored = {**row, "candidates": [{"entry_id": c["entry_id"], **c} for c in candidates(rows)]}
-    assert rebuild_decision(stored) == json.loads(json.dumps(d.to_dict()))
-    assert json.loads(row["policy"]) == d.policy.canonical
-    assert (row["fingerprint"], row["digest"], row["catalog_version"], row["requested_model"]) == (
-        d.policy.fingerprint, d.policy.digest, CAT.version, "gpt-4o")
+    [part] = rows["decision_parts"]
+    decision, entries = legacy_columns(part.policy.policy, part.policy.summary, part.catalog_version,
+                                       json.loads(part.candidates), json.loads(part.keys), d.request,
+                                       part.costs_of(d.request))
+    trace = {"decision": decision, "policy": part.policy.policy,
+             "candidates": [dict(zip(("entry_id", "provider", "model", "passed", "failed_index", "failed_clause_id",
+                                      "failed_rule", "failed_field", "failed_value"), e)) for e in entries]}
+    assert rebuild_decision(trace) == json.loads(json.dumps(d.to_dict()))
+    assert (part.policy.fingerprint, part.policy.digest, part.catalog_version) == (
+        d.policy.fingerprint, d.policy.digest, CAT.version)
+    assert rows["decisions"][0]["fingerprint"] == d.policy.fingerprint
 
 
 def test_chosen_entry_is_the_one_that_answered():
     d = decide(FLOOR)
     first, second = d.ranked[0], d.ranked[1]
     attempts = [{"entry": first.entry.id, "provider": first.entry.provider, "model": first.entry.model,
-                 "status": 503, "error_class": "server_error", "duration_ms": 3.0},
+                 "status": 503, "error_class": "server_error", "duration_ms": 3},
                 {"entry": second.entry.id, "provider": second.entry.provider, "model": second.entry.model,
                  "status": 200, "error_class": None, "duration_ms": 9.0}]
     rows = record_rows(TraceRecord(trace_id="rt_1", ts=1.0, decision=d, attempts=attempts, status=200))
     [row] = rows["decisions"]
     assert (row["chosen_entry"], row["chosen_provider"], row["chosen_model"], row["attempts_count"]) == (
         second.entry.id, second.entry.provider, second.entry.model, 2)
-    assert row["est_cost"] == pytest.approx(second.est_cost)
-    assert [(a["n"], a["entry_id"], a["status"]) for a in rows["attempts"]] == [
-        (1, first.entry.id, 503), (2, second.entry.id, 200)]
+    assert row["est_cost"] == second.est_cost
+    # the attempts, in the row: durations as a REAL column would keep them
+    assert json.loads(row["attempt_list"]) == [
+        [first.entry.id, first.entry.provider, first.entry.model, 503, "server_error", 3.0],
+        [second.entry.id, second.entry.provider, second.entry.model, 200, None, 9.0]]
     # No attempt succeeded: the selected entry is what the decision chose.
     [failed] = record_rows(TraceRecord(trace_id="rt_2", ts=1.0, decision=d, attempts=attempts[:1]))["decisions"]
     assert failed["chosen_entry"] == first.entry.id
@@ -82,47 +100,82 @@ def test_chosen_entry_is_the_one_that_answered():
 
 def test_no_candidate_and_no_decision():
     d = decide(NOTHING)
-    [row] = record_rows(TraceRecord(trace_id="rt_1", ts=1.0, decision=d))["decisions"]
-    assert row["chosen_entry"] is None and json.loads(row["decision"])["selected"] is None
+    rows = record_rows(TraceRecord(trace_id="rt_1", ts=1.0, decision=d))
+    assert rows["decisions"][0]["chosen_entry"] is None
+    assert all(c["rank"] is None for c in part_candidates(rows))
     rows = record_rows(TraceRecord(trace_id="rt_2", ts=1.0, fingerprint="pol_abc123", requested_model="m",
                                    error={"error": {"code": "invalid_policy"}}))
-    assert rows["candidate_sets"] == [] and rows["payloads"] == []
+    assert rows["decision_parts"] == [] and rows["payloads"] == [] and rows["candidate_sets"] == []
     [row] = rows["decisions"]
-    assert (row["decision"], row["policy"], row["fingerprint"], row["requested_model"], row["catalog_version"]) == (
+    assert (row["part"], row["decision"], row["fingerprint"], row["requested_model"], row["attempt_list"]) == (
         None, None, "pol_abc123", "m", None)
 
 
-def test_memo_is_reused_and_still_right_for_a_second_request():
-    parts = DecisionParts(LRUCache(8))
+def test_a_part_is_shared_by_calls_decided_alike_and_only_by_them():
+    cache = PartCache()
     p = parse_policy(FLOOR, CAT.registry)
-    for content in ("short", "x" * 800_000):  # the second one no longer fits small context windows
-        req = RequestProfile.from_body({"messages": [{"role": "user", "content": content}]})
-        too_long = {e.id for e in CAT.entries if req.prompt_tokens > e.context_window}
-        d = evaluate(p, CAT, req)
-        got = candidates(record_rows(TraceRecord(trace_id="rt_2", ts=1.0, decision=d), parts))
-        fits = {c["entry_id"] for c in got if c["failed_clause_id"] == "fit:context_window"}
-        floor = {e.id for e in CAT.entries if e.bench_intelligence < 0.5}
-        assert fits == too_long - floor and (content == "short") == (not fits)  # the floor clause comes first
-        assert {c["entry_id"] for c in got if c["failed_clause_id"] == "floor"} == floor
-    assert len(parts.memo) == 1
+
+    def req(content: str) -> RequestProfile:
+        return RequestProfile.from_body({"messages": [{"role": "user", "content": content}]})
+
+    short = cache.decision(evaluate(p, CAT, req("short")))
+    assert cache.decision(evaluate(p, CAT, req("also short"))) is short  # decided alike: no JSON built
+    big = req("x" * 800_000)  # no longer fits small context windows
+    huge = cache.decision(evaluate(p, CAT, big))
+    assert huge.key != short.key
+    got = {c[0]: c[5] for c in json.loads(huge.candidates)}
+    too_long = {e.id for e in CAT.entries if big.prompt_tokens > e.context_window}
+    floor = {e.id for e in CAT.entries if e.bench_intelligence < 0.5}
+    assert {i for i, f in got.items() if f == "fit:context_window"} == too_long - floor  # the floor comes first
+    assert {i for i, f in got.items() if f == "floor"} == floor
+    assert len(cache) == 2 and huge.policy is short.policy
+    empty = PartCache()  # the cache handed to record_rows is the one filled, even while empty
+    record_rows(TraceRecord(trace_id="rt_1", ts=1.0, decision=decide(FLOOR)), empty)
+    assert len(empty) == 1
+
+
+def test_costs_the_prices_do_not_reproduce_are_kept_in_the_row(tmp_path):
+    d = decide(FLOOR)
+    odd = replace(d, costs=tuple(c * 3 for c in d.costs))
+    [row] = record_rows(TraceRecord(trace_id="rt_1", ts=1.0, decision=odd))["decisions"]
+    assert json.loads(row["costs"]) == list(odd.costs)
+    with TraceStore(tmp_path / "t.db") as store:
+        store.write([TraceRecord(trace_id="rt_1", ts=1.0, decision=odd)])
+        got = store.get("rt_1")
+        assert [r["est_cost"] for r in got["decision"]["ranked"]] == list(odd.costs)
+        view = [r[0] for r in store.db.execute("SELECT est_cost FROM candidates WHERE rank IS NOT NULL ORDER BY rank")]
+        assert view == list(odd.costs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2_000_000), st.integers(0, 200_000), st.floats(0, 500, allow_nan=False),
+       st.floats(0, 500, allow_nan=False))
+def test_the_sql_cost_formula_is_usd_to_the_last_bit(pt, ot, pin, pout):
+    with sqlite3.connect(":memory:") as db:
+        [(got,)] = db.execute(f"SELECT {usd_sql(':pt', ':ot', ':pin', ':pout')}",
+                              {"pt": pt, "ot": ot, "pin": pin, "pout": pout})
+    assert got == usd(pt, ot, pin, pout)
 
 
 def test_payloads_are_kept_unless_no_log_and_secrets_are_scrubbed():
     d = decide({"rules": [{"id": "sk-live-abcdefgh1234", "rule": ["ne", "provider", "deepseek"]}]})
     rec = TraceRecord(trace_id="rt_1", ts=time.time(), tenant="t", status=200, decision=d,
                       request_body=b'{"q": "hi"}', response_body="{}",
+                      attempts=[{"entry": "a", "error_class": "auth: Bearer sk-live-zzzzzzzz9999"}],
                       error={"error": {"message": "Bearer sk-live-zzzzzzzz9999"}})
     rows = record_rows(rec)
     assert rows["payloads"] == [{"trace_id": "rt_1", "request": '{"q": "hi"}', "response": "{}"}]
-    assert "sk-live" not in repr(rows)  # a clause id or an error that looks like a key
-    assert "[redacted]" in rows["decisions"][0]["decision"] and "[redacted]" in rows["decisions"][0]["error"]
+    texts = [rows["decision_parts"][0].candidates, rows["decision_parts"][0].policy.summary,
+             json.dumps(rows["decisions"])]
+    assert "sk-live" not in "".join(texts)  # a clause id, an attempt or an error that looks like a key
+    assert all("[redacted]" in t for t in texts)
     hidden = record_rows(TraceRecord(**{**rec.__dict__, "no_log": True}))
     assert hidden["payloads"] == [] and hidden["decisions"][0]["no_log"] == 1
 
 
 def test_v4_migration_keeps_candidates_written_as_rows(tmp_path, monkeypatch):
     import routecar.traces.store as traces_mod
-    from routecar.traces.store import TraceStore
+    from tests.legacy_rows import record_rows as v4_rows
 
     d = decide(FLOOR)
     rec = TraceRecord(trace_id="rt_old", ts=1.0, decision=d)
@@ -130,9 +183,9 @@ def test_v4_migration_keeps_candidates_written_as_rows(tmp_path, monkeypatch):
     all_migrations = traces_mod.MIGRATIONS
     # A database written before migration 4: one candidates row per entry.
     monkeypatch.setattr(traces_mod, "MIGRATIONS", all_migrations[:3])
-    monkeypatch.setattr(traces_mod, "_CHILDREN", ("candidates", "attempts", "payloads"))
-    old_rows = record_rows(rec)
-    cols = ("trace_id", *CANDIDATE_COLUMNS)
+    old_rows = v4_rows(rec)
+    cols = ("trace_id", "entry_id", "provider", "model", "passed", "failed_index", "failed_clause_id",
+            "failed_rule", "failed_field", "failed_value", "rank", "est_cost")
     entries = json.loads(old_rows["candidate_sets"][0]["entries"])
     with TraceStore(path) as store:
         assert store.schema_version == 3
@@ -142,7 +195,6 @@ def test_v4_migration_keeps_candidates_written_as_rows(tmp_path, monkeypatch):
                               ("rt_old", 1.0, old_rows["decisions"][0]["decision"], old_rows["decisions"][0]["policy"]))
         store.db.conn.commit()
     monkeypatch.setattr(traces_mod, "MIGRATIONS", all_migrations)
-    monkeypatch.setattr(traces_mod, "_CHILDREN", ("candidate_sets", "attempts", "payloads"))
     with TraceStore(path) as store:
         assert store.schema_version == len(all_migrations)
         got = store.get("rt_old")

@@ -12,7 +12,7 @@ import pytest
 from routecar.catalog import parse_catalog
 from routecar.policy import Decision, RequestProfile, evaluate, parse_policy
 from routecar.traces.record import TraceRecord
-from routecar.traces.rows import scrub
+from routecar.traces.scrub import scrub
 from routecar.traces.store import MIGRATIONS, TraceStore, default_traces_path, parse_since
 from routecar.traces.writer import TraceWriter
 

@@ -150,6 +150,10 @@ class _Static:
     health_checked: bool = False         # some clause reads only `healthy` (ok_healthy/ok_cooled)
     general: tuple[Clause, ...] = ()     # the other per-request clauses: tested on a small row
     reads_latency: bool = False
+    # Entries whose first failing clause is a static one whatever the request (no per-request
+    # clause comes before it), and every catalog index: what `Decision.verdicts` need not recompute.
+    explained: frozenset[int] = frozenset()
+    all_indices: frozenset[int] = frozenset()
 
 
 _DYN = object()  # placeholder for a sort-key part known only per request
@@ -203,9 +207,13 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
                          entry.max_output, "tools" in caps, "vision" in caps, ok[0], ok[1],
                          parts, parts[:k], parts[k + 1:]))
     dyn_static = tuple(dict.fromkeys(f for c in general for f in c.fields if f not in DYNAMIC_FIELDS))
+    # A cached static failure is the first failure unless a per-request clause comes before it.
+    first_dynamic = min((c.index for c in policy.dynamic_clauses), default=1 << 30)
+    explained = frozenset(i for i, f in failures.items() if f.index is not None and f.index < first_dynamic)
     hit = _Static(tuple(rows), composed, cost_at,
                   -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures, dyn_static,
-                  lo, hi, bool(health_only), tuple(general), policy.reads("latency_ms"))
+                  lo, hi, bool(health_only), tuple(general), policy.reads("latency_ms"), explained,
+                  frozenset(range(len(catalog.entries))))
     if len(policy.memo) > 4:  # catalogs are reloaded rarely; keep the newest few
         policy.memo.clear()
     policy.memo[catalog.version] = hit
@@ -255,21 +263,22 @@ class Decision:
         return self.plan[1:]
 
     @cached_property
+    def request_verdicts(self) -> tuple[tuple[int, Failure | None], ...]:
+        """(catalog index, first failing clause) of every dropped entry that the request-independent
+        clauses do not explain: dropped by a fit check or a per-request clause. Every other dropped
+        entry's verdict is its (shared, memoised) `static_failures` one. Usually empty."""
+        st = _static(self.policy, self.catalog)
+        unexplained = st.all_indices - set(self.order) - st.explained
+        entries, rows = self.catalog.entries, self.catalog.rows
+        return tuple((i, self._first_failure(entries[i], rows[i])) for i in sorted(unexplained))
+
+    @cached_property
     def verdicts(self) -> tuple[tuple[CatalogEntry, Failure | None], ...]:
         """Every catalog entry with its first failing clause (policy order), or None if it passed."""
-        passed = set(self.order)
         static = _static(self.policy, self.catalog).failures
-        # A cached static failure is the first failure unless a per-request clause comes before it.
-        first_dynamic = min((c.index for c in self.policy.dynamic_clauses), default=1 << 30)
-        out: list[tuple[CatalogEntry, Failure | None]] = []
-        for i, (entry, base) in enumerate(zip(self.catalog.entries, self.catalog.rows)):
-            if i in passed:
-                out.append((entry, None))
-            elif (f := static.get(i)) is not None and f.index is not None and f.index < first_dynamic:
-                out.append((entry, f))
-            else:
-                out.append((entry, self._first_failure(entry, base)))
-        return tuple(out)
+        fresh = dict(self.request_verdicts)
+        return tuple((entry, fresh[i] if i in fresh else static.get(i))
+                     for i, entry in enumerate(self.catalog.entries))
 
     def _first_failure(self, entry: CatalogEntry, base: Row) -> Failure | None:
         row = _row(entry, base, self.request, self.health)

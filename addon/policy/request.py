@@ -89,6 +89,13 @@ def usd(prompt_tokens: int, out_tokens: int, price_in: float, price_out: float) 
     return (prompt_tokens * price_in + out_tokens * price_out) / 1_000_000
 
 
+def usd_sql(prompt_tokens: str, out_tokens: str, price_in: str, price_out: str) -> str:
+    """`usd` as an SQLite expression over the given SQL operands (the trace store's
+    `candidates` view); the same IEEE operations in the same order, so the same float
+    (tests/test_traces_store.py pins it)."""
+    return f"(({prompt_tokens}) * ({price_in}) + ({out_tokens}) * ({price_out})) / 1000000"
+
+
 def est_cost(entry: CatalogEntry, req: RequestProfile) -> float:
     return usd(req.prompt_tokens, req.out_tokens, entry.price_in, entry.price_out)
 

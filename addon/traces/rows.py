@@ -1,79 +1,35 @@
-"""Trace rows: how one TraceRecord becomes rows of each table, and back.
+"""Trace rows: how one TraceRecord becomes rows of each table.
+
+One `decisions` row per call holds what differs from call to call (ids, times,
+the request's tokens, attempts, outcome, usage, cost) and the key of its
+decision part (`.parts`): the verdicts, ranking and policy that repeat call
+after call are written once per distinct part, not once per call.
 
 Two invariants are enforced here rather than trusted from callers: a `no_log`
 record never has its request or response payload written anywhere (not in
-`payloads`, and not echoed in the `error` or `decision` columns), and every
-text that reaches the database goes through `scrub()`, so credentials copied
-into an error message or a payload never land on disk.
+`payloads`, and not echoed in the `error` column or a decision part: a part
+quoting the payload is not shared, the trace then keeps its decision inline,
+in its own columns, those strings removed), and every text that reaches the
+database goes through `scrub()`, so credentials copied into an error message or
+a payload never land on disk.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..policy import Decision, Failure, static_failures
+from ..policy import Decision, RequestProfile
+from .parts import CANDIDATE_COLUMNS, PartCache, legacy_columns
 from .record import TraceRecord
+from .scrub import dumps, dumps_json, maybe_secret, mentions, payload_strings, scrub, without
 
-CANDIDATE_COLUMNS = ("entry_id", "provider", "model", "passed", "failed_index", "failed_clause_id",
-                     "failed_rule", "failed_field", "failed_value", "rank", "est_cost")
+__all__ = ["CANDIDATE_COLUMNS", "ATTEMPT_FIELDS", "record_rows", "attempt_list", "request_json"]
 
-REDACTED = "[redacted]"
-NO_LOG_REDACTED = "[no_log]"
-
-_SECRET_HEADER = re.compile(
-    r"(?i)\b((?:proxy-)?authorization|x-api-key|api[-_]key)\b"  # the header/field name
-    r"([\\\"'\s]*[:=][\\\"'\s]*)"                                  # ": ", '=', '\": \"'
-    r"(?!\[redacted\]|null\b)((?:(?:bearer|basic|token)\s+)?[^\\\"'\s,;&}\]]+)")
-_BEARER = re.compile(r"(?i)\b(bearer)\s+(?!\[redacted\])[A-Za-z0-9._~+/=-]+")
-_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
-_SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key",
-                          "api_key", "apikey"})
-
-
-# One cheap search decides whether the three substitutions are needed at all:
-# almost every string written (entry ids, clause ids, reasons) holds no credential.
-_HINTS = ("sk-", "bearer", "authorization", "api-key", "api_key", "apikey")
-
-
-def _maybe_secret(text: str) -> bool:
-    low = text.lower()
-    return any(h in low for h in _HINTS)
-
-
-def scrub(text: str) -> str:
-    """Replace anything that looks like a credential in `text` with `[redacted]`."""
-    if not _maybe_secret(text):
-        return text
-    text = _SECRET_HEADER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
-    text = _BEARER.sub(lambda m: m.group(1) + " " + REDACTED, text)
-    return _KEY.sub(REDACTED, text)
-
-
-def scrub_obj(value: Any) -> Any:
-    """`scrub()` every string in a JSON-like value; secret-named keys lose their value."""
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, Mapping):
-        return {scrub(str(k)): REDACTED if str(k).lower() in _SECRET_KEYS and v is not None
-                else scrub_obj(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_obj(v) for v in value]
-    return value
-
-
-# --- rows -----------------------------------------------------------------
-
-def dumps_json(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    if not _maybe_secret(text):  # the common case: one search over the whole document
-        return text
-    return json.dumps(scrub_obj(value), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, default=str)
+ATTEMPT_FIELDS = ("entry_id", "provider", "model", "status", "error_class", "duration_ms")
+_RECORD_KEYS = ("entry", "provider", "model", "status", "error_class", "duration_ms")
+_JSON_COLUMNS = ("policy", "decision", "error", "request", "attempt_list", "costs")  # scrubbed structurally
 
 
 def _text(body: bytes | str | None) -> str | None:
@@ -82,188 +38,117 @@ def _text(body: bytes | str | None) -> str | None:
     return body.decode("utf-8", "replace") if isinstance(body, bytes) else body
 
 
-_NOT_PAYLOAD_KEYS = frozenset({"model", "role", "type", "object", "id", "finish_reason",
-                               "system_fingerprint", "stream", "tool_choice", "service_tier"})
+def _affinity(value: Any, real: bool) -> Any:
+    """What an INTEGER (real=False) or REAL column would have stored (attempts were rows before
+    the `shared_parts` migration)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if real:
+        return float(value)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _payload_strings(body: str | None) -> set[str]:
-    """The substrings of a body that must not survive a no_log record: the body itself
-    and every string leaf of its JSON (message contents, tool arguments...)."""
-    if not body:
-        return set()
-    found = {body.strip()}
-
-    def walk(value: Any, key: str | None) -> None:
-        if isinstance(value, str) and len(value) >= 8 and key not in _NOT_PAYLOAD_KEYS:
-            found.add(value)
-        elif isinstance(value, Mapping):
-            for k, v in value.items():
-                walk(v, str(k))
-        elif isinstance(value, list):
-            for v in value:
-                walk(v, key)
-    try:
-        walk(json.loads(body), None)
-    except ValueError:
-        pass
-    return {s for s in found if s}
+def attempt_list(attempts: Sequence[Mapping[str, Any]]) -> str | None:
+    """The attempts as one JSON array of ATTEMPT_FIELDS arrays (credentials scrubbed)."""
+    if not attempts:
+        return None
+    rows = [[a.get(k) for k in _RECORD_KEYS] for a in attempts]
+    for r in rows:
+        r[3], r[5] = _affinity(r[3], False), _affinity(r[5], True)
+    text = dumps(rows)
+    if maybe_secret(text):
+        text = dumps([[scrub(v) if isinstance(v, str) else v for v in r] for r in rows])
+    return text
 
 
-def _without(value: Any, secrets: set[str]) -> Any:
-    """Replace every string containing one of `secrets` with `[no_log]`."""
-    if isinstance(value, str):
-        return NO_LOG_REDACTED if any(s in value for s in secrets) else value
-    if isinstance(value, Mapping):
-        return {k: _without(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_without(v, secrets) for v in value]
-    return value
+def request_json(req: RequestProfile) -> str:
+    """The request profile as the `request` column keeps it: `[prompt_tokens, max_tokens, out_tokens,
+    tools, vision, stream]`, and the providers that can carry its API shape when they are limited."""
+    text = "[%d,%s,%d,%d,%d,%d" % (  # dumps() of these six, without the encoder's cost
+        req.prompt_tokens, "null" if req.max_tokens is None else "%d" % req.max_tokens, req.out_tokens,
+        req.tools, req.vision, req.stream)
+    return text + ("]" if req.api_providers is None else "," + dumps(sorted(req.api_providers)) + "]")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+def _chosen(d: Decision | None, attempts: Sequence[Mapping[str, Any]]) -> tuple[Any, Any, Any, float | None]:
+    """(entry id, model, provider, est_cost) of the entry that answered, else of the selected one."""
+    won = [a for a in attempts if isinstance(a.get("status"), int) and a["status"] < 400]
+    entries = d.catalog.entries if d is not None else ()
+    ranked = [entries[i] for i in d.order] if d is not None else []
+    chosen_id = won[-1].get("entry") if won else (ranked[0].id if ranked else None)
+    for n, e in enumerate(ranked):
+        if e.id == chosen_id:
+            assert d is not None
+            return chosen_id, e.model, e.provider, d.costs[n]
+    last = won[-1] if won else {}
+    return chosen_id, last.get("model"), last.get("provider"), None
 
 
-_StaticParts = tuple[str | None, str | None, dict[int, tuple[Any, ...]]]
-
-
-class DecisionParts:
-    """What a Decision contributes to the rows, with the parts that only depend on
-    (policy, catalog) dumped and scrubbed once: the canonical policy, its clauses, and
-    the request-independent failures (most of the candidates table)."""
-
-    def __init__(self, memo: MutableMapping[tuple[str, str], _StaticParts]) -> None:
-        self.memo = memo
-
-    def _static(self, d: Decision) -> _StaticParts:
-        key = (d.policy.identity, d.catalog.version)
-        hit = self.memo.get(key)
-        if hit is None:
-            summary = {k: v for k, v in d.policy.summary().items() if k != "canonical"}
-            fails = {i: self._failure(f) for i, f in static_failures(d.policy, d.catalog).items()}
-            hit = self.memo[key] = (dumps_json(d.policy.canonical), dumps_json(summary), fails)
-        return hit
-
-    @staticmethod
-    def _failure(f: Failure) -> tuple[Any, ...]:
-        return (f.index, scrub(f.id), dumps_json(f.rule), f.field, dumps_json(f.value))
-
-    def rows(self, d: Decision) -> tuple[str | None, str, list[list[Any]], dict[str, Any]]:
-        """(policy column, decision column, candidate entries (CANDIDATE_COLUMNS), {entry id: ranked dict})."""
-        policy_json, summary_json, fails = self._static(d)
-        ranked = [r.to_dict() for r in d.ranked]
-        by_id = {r["id"]: r for r in ranked}
-        rank = {r["id"]: n for n, r in enumerate(ranked, 1)}
-        static = static_failures(d.policy, d.catalog)
-        entries = []
-        for i, (entry, f) in enumerate(d.verdicts):
-            cached = fails.get(i) if f is not None and f is static.get(i) else None
-            parts = cached or (self._failure(f) if f is not None else (None,) * 5)
-            r = by_id.get(entry.id)
-            entries.append([entry.id, entry.provider, entry.model, int(f is None), *parts,
-                            rank.get(entry.id), r["est_cost"] if r else None])
-        # The decision column is `Decision.to_dict()` without what other columns hold (the
-        # candidates, the canonical policy), assembled from pre-dumped parts.
-        rest = ('{"catalog_version":%s,"fallback":%s,"policy":%s,"ranked":%s,"request":%s,"selected":%s}' % (
-            _dumps(d.catalog.version), _dumps([r.entry.id for r in d.fallback]), summary_json,
-            dumps_json(ranked), dumps_json(d.request.to_dict()), _dumps(ranked[0]["id"] if ranked else None)))
-        if _maybe_secret(rest):
-            rest = dumps_json(json.loads(rest)) or rest
-        return policy_json, rest, entries, by_id
-
-
-_JSON_COLUMNS = ("policy", "decision", "error")  # scrubbed structurally, by dumps_json
-
-
-def record_rows(rec: TraceRecord, parts: DecisionParts | None = None) -> dict[str, list[dict[str, Any]]]:
+def record_rows(rec: TraceRecord, parts: PartCache | None = None) -> dict[str, list[Any]]:
     """Split one record into the rows of each table, enforcing no_log and scrubbing.
 
-    `parts` carries what traces of one (policy, catalog) share across calls; the
-    Decision is materialised here, in a writer, not on the proxy's event loop."""
+    `parts` memoises the decision parts of recent decisions (one per store); a hit costs
+    no JSON at all. Returns {table: rows}: dicts for `decisions`, `payloads` and
+    `candidate_sets`; PolicyPart / DecisionPart objects for `policy_parts` / `decision_parts`."""
     request, response = _text(rec.request_body), _text(rec.response_body)
     error, d = rec.error, rec.decision
     # A no_log record keeps no payload, nor any string of it echoed elsewhere (an error
     # message quoting the prompt, a clause id copied from it).
-    hidden = _payload_strings(request) | _payload_strings(response) if rec.no_log else set()
+    hidden = payload_strings(request) | payload_strings(response) if rec.no_log else set()
     if rec.no_log:
         request = response = None
-    entries: list[list[Any]] = []
-    by_id: dict[str, Any] = {}
-    policy_json = decision_json = None
-    chosen_default = None
-    fingerprint, digest, catalog_version, requested = rec.fingerprint, rec.digest, None, rec.requested_model
-    if d is not None:
-        policy_json, decision_json, entries, by_id = (parts or DecisionParts({})).rows(d)
-        chosen_default = d.catalog.entries[d.order[0]].id if d.order else None
-        fingerprint, digest = d.policy.fingerprint, d.policy.digest
-        catalog_version, requested = d.catalog.version, d.request.model
-    if hidden:
-        error = _without(error, hidden)
-        entries = _without(entries, hidden)
-        policy_json, decision_json = (None if text is None else dumps_json(_without(json.loads(text), hidden))
-                                      for text in (policy_json, decision_json))
-    won = [a for a in rec.attempts if isinstance(a.get("status"), int) and a["status"] < 400]
-    chosen_id = won[-1].get("entry") if won else chosen_default
-    chosen = by_id.get(chosen_id or "") or (won[-1] if won else {})
+    chosen_id, chosen_model, chosen_provider, est_cost = _chosen(d, rec.attempts)
     usage = rec.usage or {}
     row: dict[str, Any] = {
         "trace_id": rec.trace_id, "ts": rec.ts, "tenant": rec.tenant,
-        "fingerprint": fingerprint, "digest": digest, "policy": policy_json,
-        "catalog_version": catalog_version, "requested_model": requested,
-        "chosen_entry": chosen_id, "chosen_model": chosen.get("model"), "chosen_provider": chosen.get("provider"),
+        "fingerprint": d.policy.fingerprint if d else rec.fingerprint, "digest": None if d else rec.digest,
+        "policy": None, "catalog_version": None, "requested_model": d.request.model if d else rec.requested_model,
+        "chosen_entry": chosen_id, "chosen_model": chosen_model, "chosen_provider": chosen_provider,
         "status": rec.status, "outcome": rec.outcome, "disposition": rec.disposition,
         "api_in": rec.api_in, "api_out": rec.api_out,
         "latency_ms": rec.latency_ms, "ttfb_ms": rec.ttfb_ms,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
         "cached_tokens": usage.get("cached_tokens"), "reasoning_tokens": usage.get("reasoning_tokens"),
-        "est_cost": by_id.get(chosen_id or "", {}).get("est_cost"), "actual_cost": rec.actual_cost,
-        "cost_source": rec.cost_source,
+        "est_cost": est_cost, "actual_cost": rec.actual_cost, "cost_source": rec.cost_source,
         "attempts_count": len(rec.attempts), "no_log": int(rec.no_log), "stream": int(rec.stream),
-        "mode": rec.mode, "decision": decision_json, "error": dumps_json(error),
+        "mode": rec.mode, "decision": None, "error": dumps_json(without(error, hidden) if hidden else error),
+        "part": None, "request": None, "attempt_list": attempt_list(rec.attempts), "costs": None,
     }
-    attempts = [{"trace_id": rec.trace_id, "n": n, "entry_id": a.get("entry"), "provider": a.get("provider"),
-                 "model": a.get("model"), "status": a.get("status"), "error_class": a.get("error_class"),
-                 "duration_ms": a.get("duration_ms")} for n, a in enumerate(rec.attempts, 1)]
-    payloads = ([{"trace_id": rec.trace_id, "request": request, "response": response}]
-                if request is not None or response is not None else [])
-    # Candidate rows hold catalog values and pre-scrubbed policy parts; the rest is
-    # per request and may carry anything the app sent.
-    for r in (row, *attempts, *payloads):
-        texts = [v for k, v in r.items() if isinstance(v, str) and k not in _JSON_COLUMNS]
-        if texts and _maybe_secret("\n".join(texts)):  # one search per row, not per column
+    out: dict[str, list[Any]] = {"decisions": [row], "payloads": [], "candidate_sets": [],
+                                 "policy_parts": [], "decision_parts": []}
+    if request is not None or response is not None:
+        out["payloads"].append({"trace_id": rec.trace_id, "request": request, "response": response})
+    if d is not None:
+        part = (parts if parts is not None else PartCache()).decision(d)
+        req = d.request
+        if hidden and (mentions(part.leaves, hidden) or mentions(part.policy.leaves, hidden)
+                       or (req.model is not None and mentions(req.model, hidden))):
+            _inline(row, out, d, part, hidden)
+        else:
+            row["part"] = part.key
+            row["request"] = request_json(req)
+            row["costs"] = None if part.costs_of(req) == d.costs else dumps(list(d.costs))
+            out["policy_parts"].append(part.policy)
+            out["decision_parts"].append(part)
+    # Parts hold catalog values and pre-scrubbed policy parts; the rest is per request
+    # and may carry anything the app sent.
+    for r, skip in ((row, _JSON_COLUMNS), *((p, ()) for p in out["payloads"])):
+        texts = [v for k, v in r.items() if isinstance(v, str) and k not in skip]
+        if texts and maybe_secret("\n".join(texts)):  # one search per row, not per column
             for k, v in r.items():
-                if isinstance(v, str) and k not in _JSON_COLUMNS:
+                if isinstance(v, str) and k not in skip:
                     r[k] = scrub(v)
-    return {"decisions": [row], "candidate_sets": _candidate_sets(rec.trace_id, entries),
-            "attempts": attempts, "payloads": payloads}
+    return out
 
 
-def _candidate_sets(trace_id: str, entries: list[list[Any]]) -> list[dict[str, Any]]:
-    """The `candidates` of one trace as one row: a JSON array of CANDIDATE_COLUMNS arrays
-    (the `candidates` view unpacks it). One row instead of one per catalog entry halves
-    what a trace costs to write."""
-    if not entries:
-        return []
-    return [{"trace_id": trace_id, "entries": dumps_json(entries)}]
-
-
-def loads_json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def rebuild_decision(trace: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Reassemble `Decision.to_dict()` from the decision, policy and candidate columns."""
-    decision = loads_json(trace["decision"])
-    if decision is None:
-        return None
-    if "policy" in decision:
-        decision["policy"]["canonical"] = loads_json(trace["policy"])
-    decision["candidates"] = [{
-        "id": c["entry_id"], "provider": c["provider"], "model": c["model"],
-        "passed": bool(c["passed"]),
-        "failed": None if c["passed"] else {
-            "index": c["failed_index"], "id": c["failed_clause_id"],
-            "rule": loads_json(c["failed_rule"]), "field": c["failed_field"],
-            "value": loads_json(c["failed_value"])},
-    } for c in trace["candidates"]]
-    return decision
+def _inline(row: dict[str, Any], out: dict[str, list[Any]], d: Decision, part: Any, hidden: set[str]) -> None:
+    """A no_log trace whose decision quotes its payload: the decision inline in the trace's own
+    columns (as before the `shared_parts` migration), those strings removed."""
+    decision_json, entries = legacy_columns(part.policy.policy, part.policy.summary, part.catalog_version,
+                                            json.loads(part.candidates), json.loads(part.keys), d.request,
+                                            list(d.costs))
+    policy = json.loads(part.policy.policy) if part.policy.policy else None
+    row.update(digest=d.policy.digest, catalog_version=d.catalog.version,
+               policy=dumps_json(without(policy, hidden)) if policy is not None else None,
+               decision=dumps_json(without(json.loads(decision_json), hidden)))
+    out["candidate_sets"].append({"trace_id": row["trace_id"], "entries": dumps_json(without(entries, hidden))})

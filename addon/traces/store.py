@@ -7,10 +7,15 @@ rows (scrubbing every text, and keeping no payload of a `no_log` record
 anywhere) lives in `.rows`; the background writers are `.writer` (thread) and
 `.process` (child process).
 
-Tables: `decisions` (one row per request), `candidates` (one per catalog entry
-the policy judged), `attempts` (one per upstream call), `payloads` (only when
-`no_log` is false), `catalogs` (each catalog version's entries, written once, so
-`routecar explain` can replay a decision) and `migrations` (schema version).
+Tables: `decisions` (one row per request: what differs call after call, and
+the key of its decision part), `decision_parts` and `policy_parts` (what repeats
+call after call, written once: see `.parts`), `payloads` (only when `no_log` is
+false), `catalogs` (each catalog version's entries, written once, so `routecar
+explain` can replay a decision) and `migrations` (schema version). Views
+`candidates` (one row per catalog entry a trace's policy judged) and `attempts`
+(one per upstream call) read both layouts; `candidate_sets` and `attempt_rows`
+hold what traces written before the `shared_parts` migration (or a no_log trace whose decision
+quotes its payload) keep in their own rows.
 """
 
 from __future__ import annotations
@@ -24,8 +29,12 @@ from typing import Any
 from cachetools import LRUCache
 from sqlite_utils import Database
 
+from ..policy.request import usd_sql
+from .parts import CANDIDATE_COLUMNS, PART_COLUMNS, PartCache
+from .readback import PART_QUERY, StoredPart, attempt_rows, expand, rebuild_decision, stored_part
 from .record import TraceRecord
-from .rows import CANDIDATE_COLUMNS, DecisionParts, dumps_json, loads_json, rebuild_decision, record_rows
+from .rows import ATTEMPT_FIELDS, record_rows
+from .scrub import dumps_json, loads_json
 
 __all__ = ["TraceStore", "parse_since", "default_traces_path", "MIGRATIONS"]
 
@@ -82,6 +91,15 @@ def _v3_catalogs(db: Database) -> None:
     db.execute("CREATE TABLE catalogs (version TEXT PRIMARY KEY, entries JSON, ts REAL)")
 
 
+def _picks(columns: tuple[str, ...]) -> str:
+    return ", ".join(f"json_extract(j.value, '$[{i}]') AS {c}" for i, c in enumerate(columns))
+
+
+# Inline candidates (migrations 4 to 6): one JSON array per trace in `candidate_sets`.
+CANDIDATE_SETS = (f"SELECT s.trace_id AS trace_id, CAST(j.key AS INTEGER) AS n, {_picks(CANDIDATE_COLUMNS)} "
+                  f"FROM candidate_sets s, json_each(s.entries) j")
+
+
 def _v4_candidate_sets(db: Database) -> None:
     """One row of candidates per trace (a JSON array) behind a `candidates` view with the
     old columns: writing 19 rows (one per catalog entry) was half of a trace's cost."""
@@ -90,9 +108,7 @@ def _v4_candidate_sets(db: Database) -> None:
     db.execute(f"INSERT INTO candidate_sets SELECT trace_id, json_group_array(json_array({cols})) "
                f"FROM (SELECT * FROM candidates ORDER BY trace_id, rowid) GROUP BY trace_id")
     db.execute("DROP TABLE candidates")
-    picks = ", ".join(f"json_extract(j.value, '$[{i}]') AS {c}" for i, c in enumerate(CANDIDATE_COLUMNS))
-    db.execute(f"CREATE VIEW candidates AS SELECT s.trace_id AS trace_id, CAST(j.key AS INTEGER) AS n, "
-               f"{picks} FROM candidate_sets s, json_each(s.entries) j")
+    db.execute(f"CREATE VIEW candidates AS {CANDIDATE_SETS}")
 
 
 def _v5_disposition(db: Database) -> None:
@@ -118,6 +134,33 @@ def _v7_api_shapes(db: Database) -> None:
                "THEN NULL ELSE 'chat' END")
 
 
+def _v8_shared_parts(db: Database) -> None:
+    """What repeats call after call (verdicts, ranking, policy) stored once in `decision_parts`
+    and `policy_parts`; a trace row keeps the key of its part and what differs per call, its
+    attempts included (`attempt_list`). Older rows stay as they are; the `candidates` and
+    `attempts` views read both layouts."""
+    db.execute("CREATE TABLE policy_parts (key TEXT PRIMARY KEY, fingerprint TEXT, digest TEXT, "
+               "policy TEXT, summary TEXT)")
+    db.execute("CREATE TABLE decision_parts (key TEXT PRIMARY KEY, policy_key TEXT, catalog_version TEXT, "
+               "candidates TEXT, keys TEXT)")
+    for column in ("part", "request", "attempt_list", "costs"):
+        db.execute(f"ALTER TABLE decisions ADD COLUMN {column} TEXT")
+    db.execute("ALTER TABLE attempts RENAME TO attempt_rows")
+    cols = ", ".join(ATTEMPT_FIELDS)
+    db.execute(f"CREATE VIEW attempts AS SELECT trace_id, n, {cols} FROM attempt_rows UNION ALL "
+               f"SELECT d.trace_id AS trace_id, CAST(j.key AS INTEGER) + 1 AS n, {_picks(ATTEMPT_FIELDS)} "
+               f"FROM decisions d, json_each(d.attempt_list) j")
+    rank = "json_extract(j.value, '$[9]')"
+    cost = usd_sql("json_extract(d.request, '$[0]')", "json_extract(d.request, '$[2]')",
+                   "json_extract(j.value, '$[10]')", "json_extract(j.value, '$[11]')")
+    db.execute("DROP VIEW candidates")
+    db.execute(f"CREATE VIEW candidates AS {CANDIDATE_SETS} UNION ALL "
+               f"SELECT d.trace_id AS trace_id, CAST(j.key AS INTEGER) AS n, {_picks(PART_COLUMNS[:10])}, "
+               f"CASE WHEN {rank} IS NULL THEN NULL ELSE "
+               f"COALESCE(json_extract(d.costs, '$[' || ({rank} - 1) || ']'), {cost}) END AS est_cost "
+               f"FROM decisions d JOIN decision_parts p ON p.key = d.part, json_each(p.candidates) j")
+
+
 # Append only: a migration's position is its version number.
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("tables", _v1_tables),
@@ -127,9 +170,11 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("disposition", _v5_disposition),
     ("usage_details", _v6_usage_details),
     ("api_shapes", _v7_api_shapes),
+    ("shared_parts", _v8_shared_parts),
 ]
 
-_CHILDREN = ("candidate_sets", "attempts", "payloads")
+_CHILDREN = ("candidate_sets", "attempt_rows", "payloads")
+PARTS_PRUNE_EVERY_S = 3600.0  # orphaned parts: a scan of decisions.part, so not every minute
 
 
 class TraceStore:
@@ -142,8 +187,10 @@ class TraceStore:
                  busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
         self.clock = clock
-        # Per (policy, catalog): the dumped, scrubbed parts every trace of it shares.
-        self._parts = DecisionParts(LRUCache(maxsize=256))
+        # The parts of recent decisions (writing), and parts as read back (`get`, `query`).
+        self._parts = PartCache()
+        self._read: LRUCache[str, StoredPart | None] = LRUCache(maxsize=256)
+        self._parts_pruned_at: float | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = Database(self.path, execute_plugins=False)
         try:
@@ -190,27 +237,39 @@ class TraceStore:
 
     def write(self, records: Sequence[TraceRecord]) -> int:
         """Write `records` in one transaction; a repeated trace_id replaces the old trace."""
-        tables: dict[str, list[dict[str, Any]]] = {"decisions": [], **{t: [] for t in _CHILDREN}}
+        tables: dict[str, list[dict[str, Any]]] = {"decisions": [], "payloads": [], "candidate_sets": []}
+        parts: dict[str, dict[str, tuple[Any, ...]]] = {"policy_parts": {}, "decision_parts": {}}
         for rec in records:
-            for table, rows in record_rows(rec, self._parts).items():
-                tables[table].extend(rows)
+            rows = record_rows(rec, self._parts)
+            for table, got in tables.items():
+                got.extend(rows[table])
+            for table, known in parts.items():
+                for part in rows[table]:
+                    known[part.key] = part.row()
         catalogs = {}
         for rec in records:
             version = rec.decision.catalog.version if rec.decision is not None else None
             if rec.catalog is not None and version and version not in catalogs:
                 catalogs[version] = (version, dumps_json(list(rec.catalog or ())), rec.ts)
         ids = [(r["trace_id"],) for r in tables["decisions"]]
+        conn = self.db.conn
         with self.db.atomic():
             for table in _CHILDREN:
-                self.db.conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", ids)
+                conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", ids)
+            # Every batch (re)states the parts it uses: a part pruned meanwhile, or never written
+            # to this file, is there again before a row references it.
+            for table, known in parts.items():
+                if known:
+                    width = len(next(iter(known.values())))
+                    conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({', '.join('?' * width)})",
+                                     list(known.values()))
             for table, rows in tables.items():
                 if rows:  # plain executemany: sqlite-utils' insert_all costs ~3x the CPU here
                     cols = list(rows[0])
                     sql = (f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
                            f"VALUES ({', '.join('?' * len(cols))})")
-                    self.db.conn.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
-            self.db.conn.executemany("INSERT OR IGNORE INTO catalogs VALUES (?, ?, ?)",
-                                     list(catalogs.values()))
+                    conn.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
+            conn.executemany("INSERT OR IGNORE INTO catalogs VALUES (?, ?, ?)", list(catalogs.values()))
         return len(ids)
 
     def prune(self, max_age_s: float | None = None, max_rows: int | None = None,
@@ -230,6 +289,13 @@ class TraceStore:
                     self.db.execute(f"DELETE FROM {table} WHERE trace_id IN ({select})", params)
                 deleted += self.db.execute(
                     f"DELETE FROM decisions WHERE trace_id IN ({select})", params).rowcount
+            at = self.clock()
+            if deleted and (self._parts_pruned_at is None or at - self._parts_pruned_at >= PARTS_PRUNE_EVERY_S):
+                self._parts_pruned_at = at
+                self.db.execute("DELETE FROM decision_parts WHERE key NOT IN "
+                                "(SELECT part FROM decisions WHERE part IS NOT NULL)")
+                self.db.execute("DELETE FROM policy_parts WHERE key NOT IN (SELECT policy_key FROM decision_parts)")
+                self._read.clear()
         return deleted
 
     def query(self, tenant: str | None = None, fingerprint: str | None = None,
@@ -243,7 +309,18 @@ class TraceStore:
                 params.append(value)
         sql = "SELECT * FROM decisions" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY ts DESC, trace_id DESC LIMIT ?"
-        return list(self.db.query(sql, [*params, int(last)]))
+        rows = list(self.db.query(sql, [*params, int(last)]))
+        for row in rows:
+            expand(row, self._part(row.get("part")))
+        return rows
+
+    def _part(self, key: str | None) -> StoredPart | None:
+        if key is None:
+            return None
+        if key not in self._read:
+            found = self.db.execute(PART_QUERY, [key]).fetchone()
+            self._read[key] = None if found is None else stored_part(found)
+        return self._read[key]
 
     def get(self, trace_id: str) -> dict[str, Any] | None:
         """One trace: its decision row plus `candidates`, `attempts`, `payload` (or None),
@@ -252,10 +329,12 @@ class TraceStore:
         if not rows:
             return None
         trace = rows[0]
-        trace["candidates"] = list(self.db.query(
-            "SELECT * FROM candidates WHERE trace_id = ? ORDER BY n", [trace_id]))
-        trace["attempts"] = list(self.db.query(
-            "SELECT * FROM attempts WHERE trace_id = ? ORDER BY n", [trace_id]))
+        attempts = trace.get("attempt_list")
+        candidates = expand(trace, self._part(trace.get("part")))
+        trace["candidates"] = candidates if candidates is not None else list(self.db.query(
+            f"SELECT * FROM ({CANDIDATE_SETS}) WHERE trace_id = ? ORDER BY n", [trace_id]))
+        trace["attempts"] = attempt_rows(trace_id, attempts) if attempts is not None else list(self.db.query(
+            "SELECT * FROM attempt_rows WHERE trace_id = ? ORDER BY n", [trace_id]))
         payload = list(self.db.query(
             "SELECT request, response FROM payloads WHERE trace_id = ?", [trace_id]))
         trace["payload"] = payload[0] if payload else None
