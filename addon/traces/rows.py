@@ -89,7 +89,8 @@ def record_rows(rec: TraceRecord, parts: PartCache | None = None) -> dict[str, l
 
     `parts` memoises the decision parts of recent decisions (one per store); a hit costs
     no JSON at all. Returns {table: rows}: dicts for `decisions`, `payloads` and
-    `candidate_sets`; PolicyPart / DecisionPart objects for `policy_parts` / `decision_parts`."""
+    `candidate_sets`; PolicyPart / DecisionPart objects for `policy_parts` / `decision_parts`;
+    (version, entries JSON, ts) for `catalogs`."""
     request, response = _text(rec.request_body), _text(rec.response_body)
     error, d = rec.error, rec.decision
     # A no_log record keeps no payload, nor any string of it echoed elsewhere (an error
@@ -115,7 +116,9 @@ def record_rows(rec: TraceRecord, parts: PartCache | None = None) -> dict[str, l
         "part": None, "request": None, "attempt_list": attempt_list(rec.attempts), "costs": None,
     }
     out: dict[str, list[Any]] = {"decisions": [row], "payloads": [], "candidate_sets": [],
-                                 "policy_parts": [], "decision_parts": []}
+                                 "policy_parts": [], "decision_parts": [], "catalogs": []}
+    if rec.catalog is not None and d is not None:  # the addon sends each catalog version once
+        out["catalogs"].append((d.catalog.version, dumps_json(list(rec.catalog)), rec.ts))
     if request is not None or response is not None:
         out["payloads"].append({"trace_id": rec.trace_id, "request": request, "response": response})
     if d is not None:

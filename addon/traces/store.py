@@ -237,20 +237,21 @@ class TraceStore:
 
     def write(self, records: Sequence[TraceRecord]) -> int:
         """Write `records` in one transaction; a repeated trace_id replaces the old trace."""
+        return self.commit([record_rows(rec, self._parts) for rec in records])
+
+    def commit(self, batch: Sequence[Mapping[str, list[Any]]]) -> int:
+        """Write the rows of several records (`rows.record_rows`) in one transaction."""
         tables: dict[str, list[dict[str, Any]]] = {"decisions": [], "payloads": [], "candidate_sets": []}
         parts: dict[str, dict[str, tuple[Any, ...]]] = {"policy_parts": {}, "decision_parts": {}}
-        for rec in records:
-            rows = record_rows(rec, self._parts)
+        catalogs: dict[str, tuple[Any, ...]] = {}
+        for rows in batch:
             for table, got in tables.items():
                 got.extend(rows[table])
             for table, known in parts.items():
                 for part in rows[table]:
                     known[part.key] = part.row()
-        catalogs = {}
-        for rec in records:
-            version = rec.decision.catalog.version if rec.decision is not None else None
-            if rec.catalog is not None and version and version not in catalogs:
-                catalogs[version] = (version, dumps_json(list(rec.catalog or ())), rec.ts)
+            for snapshot in rows["catalogs"]:
+                catalogs.setdefault(snapshot[0], snapshot)
         ids = [(r["trace_id"],) for r in tables["decisions"]]
         conn = self.db.conn
         with self.db.atomic():
