@@ -12,6 +12,17 @@ until `routecar run` exists):
   g  like c with `--set routecar_metrics=false`: the cost of metrics is c - g
   q  like c with `--quiet` (no access log line): the cost of the access log is c - q
   h  like c with OTel spans to a loopback OTLP/HTTP receiver: the cost of spans is h - c
+  l  the LiteLLM proxy (1 worker) routing the same model to the same upstream: the peer
+     (only with --litellm, which installs `litellm[proxy]` into .bench/litellm-venv on
+     first use; see scripts/_litellm.py)
+
+--baseline DIR runs the routecar cases (c, d, e, f, g, q, h) a second time with the
+code of another checkout DIR (e.g. `git worktree add /tmp/before main`), and
+--rounds N repeats everything N times, the two codes interleaved, so before/after
+figures come from the same machine at the same time; the table then shows medians
+over the rounds, and the load average before and after. On a shared machine the
+proxy's CPU time per request is the steadiest figure. Each run of case c/d says
+how many traces the proxy wrote for the requests it answered.
 
 Every run is bounded by count (--requests) and time (--duration-cap). The
 upstream is a minimal asyncio HTTP/1.1 keep-alive server answering a fixed
@@ -22,6 +33,7 @@ and upstream + load generator to the others, so the proxy's figures are its own.
 
     .venv/bin/python scripts/bench_proxy.py                    # defaults
     .venv/bin/python scripts/bench_proxy.py --cases a,b,e --requests 5000 --client asyncio
+    .venv/bin/python scripts/bench_proxy.py --cases b,c,f --baseline /tmp/before --rounds 3 --litellm
 
 Prints Markdown tables; exits 0 (a failed case is reported in the table).
 """
@@ -30,11 +42,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import statistics
 import subprocess
@@ -48,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 BIN = Path(PY).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_STARTS = itertools.count(1)
 
 COMPLETION = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000,
@@ -70,8 +85,10 @@ CASE_TITLES = {
     "g": "routecar run, reverse + policy, metrics off",
     "q": "routecar run, reverse + policy, access log off",
     "h": "routecar run, reverse + policy, + OTel spans",
+    "l": "LiteLLM proxy (1 worker)",
 }
 ROUTECAR_CASES = {"c", "d", "f", "g", "q", "h"}
+BASELINE_CASES = ROUTECAR_CASES | {"e"}  # the cases running routecar's code (--baseline runs them twice)
 
 
 # --------------------------------------------------------------------------- upstream
@@ -325,13 +342,17 @@ class Target:
     headers: dict
     connect: str | None = None  # regular mode: tunnel target host:port
     cafile: str | None = None
+    traces: Path | None = None  # routecar's trace database, when it writes one
 
 
 def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None,
-               otlp_url: str | None = None) -> Target:
+               otlp_url: str | None = None, code: Path | None = None) -> Target:
+    """Start the proxy of `case`; routecar's cases run the code of checkout `code` when given."""
     up = f"http://127.0.0.1:{upstream_port}"
     conf = work / f"conf-{case}"
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_pin(cpus))
+    if case == "l":
+        return _start_litellm(up, work, quiet)
     if case == "a":
         return Target(None, "127.0.0.1", upstream_port, {})
     if case == "b":
@@ -342,7 +363,15 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None,
         _wait_port(port, proc)
         return Target(proc, "127.0.0.1", port, {})
     ready = work / f"ready-{case}.json"
-    env = {**os.environ, "ROUTECAR_READY_FILE": str(ready), "ROUTECAR_HOME": str(work / f"home-{case}")}
+    ready.unlink(missing_ok=True)
+    home = work / f"home-{case}-{next(_STARTS)}"  # one per start: each run's traces counted apart
+    env = {**os.environ, "ROUTECAR_READY_FILE": str(ready), "ROUTECAR_HOME": str(home)}
+    if code is not None:  # `routecar` resolves to the other checkout's addon/ (a path entry wins)
+        shim = work / "baseline-path"
+        shim.mkdir(exist_ok=True)
+        if not (shim / "routecar").exists():
+            (shim / "routecar").symlink_to(code.resolve() / "addon")
+        env["PYTHONPATH"] = str(shim)
     if case == "e":
         cmd = [PY, "-m", "routecar.mitm.master", "--listen", "127.0.0.1:0", "--mode", f"reverse:{up}",
                "--confdir", str(conf), "--set", "termlog_verbosity=error"]
@@ -363,13 +392,25 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None,
             env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url or "", "OTEL_BSP_SCHEDULE_DELAY": "500"})
     proc = subprocess.Popen(cmd, env=env, **quiet)
     addr = _wait_json(ready, proc)
+    traces = home / "traces.db" if case in ("c", "d") else None
     if case != "d":
-        return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY})
-    if case == "d":
-        ca = work / f"home-{case}" / "mitmproxy" / "mitmproxy-ca-cert.pem"
-        return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY},
-                      connect="api.openai.com:443", cafile=str(ca))
-    return Target(proc, addr["host"], addr["port"], {})
+        return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY}, traces=traces)
+    ca = home / "mitmproxy" / "mitmproxy-ca-cert.pem"
+    return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY},
+                  connect="api.openai.com:443", cafile=str(ca), traces=traces)
+
+
+def _start_litellm(upstream: str, work: Path, quiet: dict) -> Target:
+    from _litellm import MODEL, command, ensure_installed, environment, write_config
+
+    exe = ensure_installed(ROOT / ".bench" / "litellm-install.log")
+    port = _free_port()
+    config = work / "litellm.yaml"
+    key = write_config(upstream, config)
+    proc = subprocess.Popen(command(exe, config, port), env=environment(), cwd=work, **quiet)
+    _wait_port(port, proc, timeout=180.0)  # LiteLLM imports for a while before it listens
+    assert MODEL in REQUEST_BODY
+    return Target(proc, "127.0.0.1", port, {"Authorization": f"Bearer {key}"})
 
 
 def _loopback_providers(upstream: str, out: Path) -> tuple[Path, dict[str, str]]:
@@ -405,7 +446,12 @@ def load(t: Target, client: str, requests: int, conns: int, cap: float, cpus: se
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="a,b,e,c,f,d",
-                   help="comma list of a,b,c,d,e,f,g,q,h (default: a,b,e,c,f,d)")
+                   help="comma list of a,b,c,d,e,f,g,q,h,l (default: a,b,e,c,f,d; l needs --litellm)")
+    p.add_argument("--litellm", action="store_true", help="add case l, the LiteLLM proxy (installs litellm[proxy] "
+                                                          "into .bench/litellm-venv on first use: a few minutes)")
+    p.add_argument("--baseline", metavar="DIR", type=Path,
+                   help="also run the routecar cases with the code of checkout DIR, interleaved (before/after)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every case this many times; medians are shown")
     p.add_argument("--plot", metavar="PNG", help="also plot p50/p99 latency vs concurrency (needs matplotlib: "
                                                  "pip install -e '.[bench]')")
     p.add_argument("--concurrency", default="1,16,64", help="comma list (default: 1,16,64)")
@@ -430,16 +476,27 @@ def main() -> int:
     proxy_cpus = {cpus_all[0]} if pin else None
     load_cpus = set(cpus_all[1:]) if pin else None
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]   # a case may repeat: each run is a row
+    if args.litellm and "l" not in cases:
+        cases.append("l")
     concs = [int(c) for c in args.concurrency.split(",")]
     notes: list[str] = []
+    if "l" in cases and not args.litellm:
+        notes.append("l skipped: the LiteLLM case runs with --litellm (it installs litellm[proxy] first).")
+        cases = [c for c in cases if c != "l"]
     if ROUTECAR_CASES & set(cases) and not routecar_run_available():
         notes.append("routecar cases skipped: `routecar run` is not available (no `routecar` CLI with a `run` command).")
         cases = [c for c in cases if c not in ROUTECAR_CASES]
+    if args.baseline is not None and not (args.baseline / "addon" / "__init__.py").exists():
+        p.error(f"--baseline {args.baseline}: not a routecar checkout (no addon/__init__.py)")
+    # (case, code): code None is this checkout; routecar's cases also run the baseline's code.
+    variants = [(c, code) for c in cases
+                for code in ((args.baseline, None) if args.baseline and c in BASELINE_CASES else (None,))]
     receiver = None
     if "h" in cases:  # spans go to a real OTLP/HTTP receiver (a thread of this script, not the proxy)
         sys.path.insert(0, str(ROOT))
         from tests.fakes.otlp import OtlpReceiver
         receiver = OtlpReceiver().__enter__()
+    load_before = os.getloadavg()
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="routecar-bench-") as tmp:
@@ -448,30 +505,11 @@ def main() -> int:
         upstream = subprocess.Popen([PY, __file__, "--serve-upstream", str(up_ready)], preexec_fn=_pin(load_cpus))
         try:
             up_port = _wait_json(up_ready, upstream)["port"]
-            for case in cases:
-                try:
-                    target = start_case(case, up_port, work, proxy_cpus, receiver.url if receiver else None)
-                except RuntimeError as e:
-                    notes.append(f"{case}: proxy failed to start: {e}")
-                    continue
-                try:
-                    if target.proc and args.warmup:
-                        load(target, client, args.warmup, 16, args.duration_cap, load_cpus)
-                    for conns in concs:
-                        cpu0 = cpu_seconds(target.proc.pid) if target.proc else 0.0
-                        try:
-                            r = load(target, client, args.requests, conns, args.duration_cap, load_cpus)
-                        except (RuntimeError, subprocess.TimeoutExpired) as e:
-                            notes.append(f"{case} c={conns}: load failed: {e}")
-                            continue
-                        if target.proc:
-                            r["cpu_ms"] = (cpu_seconds(target.proc.pid) - cpu0) * 1000 / max(1, r["requests"])
-                            r["rss"] = peak_rss_mb(target.proc.pid)
-                        rows.append({"case": case, "conns": conns, **r,
-                                     "rps": r["requests"] / r["elapsed"] if r["elapsed"] else 0.0})
-                finally:
-                    if target.proc:
-                        _stop(target.proc)
+            otlp = receiver.url if receiver else None
+            for n in range(max(1, args.rounds)):
+                for case, code in (variants if n % 2 == 0 else _swap_pairs(variants)):
+                    rows += run_case(case, code, up_port, work, otlp, args, client, concs, proxy_cpus, load_cpus,
+                                     notes)
         finally:
             _stop(upstream)
             if receiver is not None:
@@ -479,10 +517,81 @@ def main() -> int:
                              f"export request(s) (spans the SDK's queue dropped under load are not exported)")
                 receiver.__exit__()
 
-    print(render(rows, client, args, pin, cpus_all, notes))
+    shown = median_rows(rows) if args.rounds > 1 or args.baseline else rows
+    print(render(shown, rows, client, args, pin, cpus_all, notes, load_before, os.getloadavg()))
     if args.plot:
-        print(plot(rows, Path(args.plot)))
+        print(plot(median_rows(rows), Path(args.plot)))
     return 0
+
+
+def _swap_pairs(variants: list[tuple[str, Path | None]]) -> list[tuple[str, Path | None]]:
+    """Every other round runs the new code before the baseline (no order bias)."""
+    out = list(variants)
+    for i in range(len(out) - 1):
+        if out[i][0] == out[i + 1][0] and out[i][1] is not None:
+            out[i], out[i + 1] = out[i + 1], out[i]
+    return out
+
+
+def run_case(case: str, code: Path | None, up_port: int, work: Path, otlp: str | None, args: argparse.Namespace,
+             client: str, concs: list[int], proxy_cpus: set[int] | None, load_cpus: set[int] | None,
+             notes: list[str]) -> list[dict]:
+    """Start one case's proxy, warm it up, load it at each concurrency, stop it: its rows."""
+    label = "baseline" if code is not None else ""
+    try:
+        target = start_case(case, up_port, work, proxy_cpus, otlp, code)
+    except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        notes.append(f"{case}{' (baseline)' if code else ''}: proxy failed to start: {e}")
+        return []
+    rows = []
+    answered = 0
+    try:
+        if target.proc and args.warmup:
+            answered += load(target, client, args.warmup, 16, args.duration_cap, load_cpus)["requests"]
+        for conns in concs:
+            cpu0 = cpu_seconds(target.proc.pid) if target.proc else 0.0
+            try:
+                r = load(target, client, args.requests, conns, args.duration_cap, load_cpus)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                notes.append(f"{case} c={conns}: load failed: {e}")
+                continue
+            if target.proc:
+                r["cpu_ms"] = (cpu_seconds(target.proc.pid) - cpu0) * 1000 / max(1, r["requests"])
+                r["rss"] = peak_rss_mb(target.proc.pid)
+            answered += r["requests"]
+            rows.append({"case": case, "code": label, "conns": conns, **r,
+                         "rps": r["requests"] / r["elapsed"] if r["elapsed"] else 0.0})
+    finally:
+        if target.proc:
+            _stop(target.proc)  # SIGTERM: routecar writes every queued trace before it exits
+    if target.traces is not None:
+        notes.append(f"{case}{' (baseline)' if code else ''}: {_count_traces(target.traces)} traces written "
+                     f"for {answered} answered requests (a request cut by the load generator's stop is traced too)")
+    return rows
+
+
+def _count_traces(db: Path) -> int | str:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT count(*) FROM decisions").fetchone()[0]
+    except sqlite3.Error as e:
+        return f"? ({e})"
+
+
+def median_rows(rows: list[dict]) -> list[dict]:
+    """One row per (case, code, concurrency): the median of each figure over its runs."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["code"], r["conns"]), []).append(r)
+    out = []
+    for (case, code, conns), rs in groups.items():
+        row = {"case": case, "code": code, "conns": conns, "rounds": len(rs)}
+        for k in ("requests", "rps", "p50", "p99", "errors", "cpu_ms", "rss"):
+            values = sorted(r[k] for r in rs if k in r)
+            if values:
+                row[k] = values[len(values) // 2]
+        out.append(row)
+    return out
 
 
 def plot(rows: list[dict], out: Path) -> str:
@@ -494,10 +603,12 @@ def plot(rows: list[dict], out: Path) -> str:
     except ImportError:
         return "\n- plot skipped: matplotlib is not installed (pip install -e '.[bench]')"
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for case in dict.fromkeys(r["case"] for r in rows):
-        pts = sorted((r["conns"], r["p50"] * 1000, r["p99"] * 1000) for r in rows if r["case"] == case)
+    for case, code in dict.fromkeys((r["case"], r["code"]) for r in rows):
+        pts = sorted((r["conns"], r["p50"] * 1000, r["p99"] * 1000) for r in rows
+                     if (r["case"], r["code"]) == (case, code))
         xs = [p[0] for p in pts]
-        line, = ax.plot(xs, [p[1] for p in pts], marker="o", label=f"{case}: {CASE_TITLES[case]} (p50)")
+        label = f"{case}: {CASE_TITLES[case]}{' [baseline]' if code else ''} (p50)"
+        line, = ax.plot(xs, [p[1] for p in pts], marker="o", label=label)
         ax.plot(xs, [p[2] for p in pts], linestyle="--", color=line.get_color(), alpha=0.6)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -517,19 +628,21 @@ DIFFERENCES = (("tracing", "c", "f"), ("metrics", "c", "g"), ("access log", "c",
 
 def _differences(rows: list[dict]) -> list[str]:
     """Added proxy CPU per request of each feature, by difference of two cases at the same concurrency."""
-    runs: dict[tuple[str, int], list[float]] = {}
+    runs: dict[tuple[str, str, int], list[float]] = {}
     for r in rows:
         if "cpu_ms" in r:
-            runs.setdefault((r["case"], r["conns"]), []).append(r["cpu_ms"])
+            runs.setdefault((r["case"], r.get("code", ""), r["conns"]), []).append(r["cpu_ms"])
     # A case listed several times (--cases c,g,c,g: interleaved, so load drift hits both alike): the median.
     cpu = {k: statistics.median(v) for k, v in runs.items()}
     lines = []
-    for name, on, off in DIFFERENCES:
-        for conns in sorted({c for _, c in cpu}):
-            if (on, conns) in cpu and (off, conns) in cpu:
-                added = cpu[(on, conns)] - cpu[(off, conns)]
-                lines.append(f"| {name} ({on} - {off}) | {conns} | {cpu[(on, conns)]:.3f} | {cpu[(off, conns)]:.3f} | "
-                             f"{added:+.3f} | {added / cpu[(off, conns)]:+.0%} |")
+    for code in sorted({code for _, code, _ in cpu}):
+        tag = " [baseline]" if code else ""
+        for name, on, off in DIFFERENCES:
+            for conns in sorted({c for _, _, c in cpu}):
+                a, b = cpu.get((on, code, conns)), cpu.get((off, code, conns))
+                if a is not None and b is not None:
+                    lines.append(f"| {name} ({on} - {off}){tag} | {conns} | {a:.3f} | {b:.3f} | "
+                                 f"{a - b:+.3f} | {(a - b) / b:+.0%} |")
     if not lines:
         return []
     return ["", "Added proxy CPU per request (median of the runs of each case):", "",
@@ -537,21 +650,26 @@ def _differences(rows: list[dict]) -> list[str]:
             "| --- | ---: | ---: | ---: | ---: | ---: |", *lines]
 
 
-def render(rows: list[dict], client: str, args: argparse.Namespace, pin: bool, cpus: list[int],
-           notes: list[str]) -> str:
+def render(rows: list[dict], runs: list[dict], client: str, args: argparse.Namespace, pin: bool, cpus: list[int],
+           notes: list[str], load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    """`rows` as shown (each run, or medians), `runs` every run (for the differences)."""
     base = {r["conns"]: r["rps"] for r in rows if r["case"] == "b"}
     gen = "wrk (1 thread, Lua POST script)" if client == "wrk" else "asyncio keep-alive client (own process)"
+    load = " / ".join(f"{x:.1f}" for x in load_before) + " before, " + " / ".join(f"{x:.1f}" for x in load_after)
     out = [f"Load generator: **{gen}**; {args.requests} requests per run, cap {args.duration_cap:g} s; "
-           f"{len(cpus)} CPUs, " + ("proxy pinned to CPU 0, upstream + load on the rest." if pin else "no pinning."),
+           f"{len(cpus)} CPUs, " + ("proxy pinned to CPU 0, upstream + load on the rest." if pin else "no pinning.")
+           + (f" Medians of {args.rounds} interleaved rounds." if args.rounds > 1 else "")
+           + f" Load average (1/5/15 min): {load} after.",
            "", "| case | conc | requests | req/s | p50 ms | p99 ms | vs (b) | proxy CPU ms/req | proxy peak RSS MB | errors |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = f"{r['rps'] / base[r['conns']]:.2f}x" if base.get(r["conns"]) else "—"
         cpu = f"{r['cpu_ms']:.2f}" if "cpu_ms" in r else "—"
         rss = f"{r['rss']:.0f}" if "rss" in r else "—"
-        out.append(f"| {r['case']} {CASE_TITLES[r['case']]} | {r['conns']} | {r['requests']} | {r['rps']:.0f} | "
+        code = " [baseline]" if r.get("code") else ""
+        out.append(f"| {r['case']} {CASE_TITLES[r['case']]}{code} | {r['conns']} | {r['requests']} | {r['rps']:.0f} | "
                    f"{r['p50'] * 1000:.2f} | {r['p99'] * 1000:.2f} | {ratio} | {cpu} | {rss} | {r['errors']} |")
-    out += _differences(rows)
+    out += _differences(runs)
     out += [f"\n- {n}" for n in notes]
     if client == "wrk" and "d" in {r["case"] for r in rows}:
         out.append("\n- d uses the asyncio client (wrk cannot CONNECT through a proxy).")
