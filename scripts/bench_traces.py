@@ -43,13 +43,13 @@ from routecar.traces.writer import TraceWriter  # noqa: E402
 WORDS = "summarise our churn in three bullets for the board with numbers and a chart".split()
 
 
-def records(n: int, no_log: bool, seed: int = 1) -> list[TraceRecord]:
+def records(n: int, no_log: bool, seed: int = 1, start: int = 0) -> list[TraceRecord]:
     cat = load_catalog()
     health = HealthTracker(time.monotonic)  # the sidecar always evaluates with live health
     pol = parse_policy({"rules": [["cmp", "bench_intelligence", "ge", 0.5]], "no_log": no_log}, cat.registry)
     rnd = random.Random(seed)
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         text = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 400)))
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
         d = evaluate(pol, cat, RequestProfile.from_body(body), health)
@@ -127,12 +127,40 @@ def loop_stall(recs: list[TraceRecord], rate: float, seconds: float, traced: boo
     return late, sent
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(total: int, cap: float) -> list[tuple[int, float, int]]:
+    """(records submitted, RSS MB, records written) at every fifth of `total` records handed to one
+    TraceWriter, made 2000 at a time (prompt sizes vary: the writer meets new decisions all along)."""
+    points = [(0, rss_mb(), 0)]
+    deadline = time.monotonic() + cap
+    with tempfile.TemporaryDirectory() as tmp:
+        w = TraceWriter(Path(tmp) / "traces.db").start()
+        done = 0
+        while done < total and time.monotonic() < deadline:
+            for r in records(min(2000, total - done), False, seed=done, start=done):
+                while not w.submit(r):  # a full queue: wait for the writer (never drop here)
+                    w.flush(timeout=1)
+            done += min(2000, total - done)
+            if done % max(1, total // 5) < 2000 or done >= total:
+                w.flush(timeout=cap)
+                points.append((done, rss_mb(), w.stats()["written"]))
+        w.close()
+    return points
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=5000)
     p.add_argument("--cap", type=float, default=60.0, help="seconds per run at most")
     p.add_argument("--rate", type=float, default=700.0, help="records/s for the event-loop stall run")
     p.add_argument("--stall-seconds", type=float, default=4.0, help="per round (default 4)")
+    p.add_argument("--soak", type=int, default=50_000, help="records for the memory run (0: skip)")
     p.add_argument("--stall-rounds", type=int, default=3,
                    help="rounds, with and without the writer alternating (default 3)")
     args = p.parse_args()
@@ -174,6 +202,12 @@ def main() -> int:
         q = (lambda f: late[min(len(late) - 1, int(len(late) * f))])
         print(f"| {'TraceWriter' if traced else 'none (traces off)'} | {sent} | {len(late)} | "
               f"{q(0.5):.3f} | {q(0.99):.3f} | {q(0.999):.2f} | {late[-1]:.2f} |")
+    if args.soak:
+        print(f"\nMemory: RSS of this process while one TraceWriter takes {args.soak} records\n")
+        print("| records submitted | records written | RSS MB |")
+        print("| ---: | ---: | ---: |")
+        for done, rss, written in soak(args.soak, args.cap * 5):
+            print(f"| {done} | {written} | {rss:.1f} |")
     return 0
 
 
