@@ -114,6 +114,15 @@ def test_rewrite_same_trace_id_replaces_children(store: TraceStore) -> None:
     assert t is not None and t["attempts"] == [] and len(t["candidates"]) == 4
 
 
+def test_rewriting_a_trace_leaves_none_of_its_old_rows(store: TraceStore) -> None:
+    store.write([make_record("tr_1"), make_record("tr_2")])
+    store.write([make_record("tr_1", no_log=True, decision=None)])  # no payload, no decision now
+    t = store.get("tr_1")
+    assert t is not None and t["payload"] is None and t["decision"] is None and t["candidates"] == []
+    assert [r["trace_id"] for r in store.db["payloads"].rows] == ["tr_2"]
+    assert store.get("tr_2")["payload"] is not None
+
+
 def test_no_log_leaves_no_payload_anywhere(tmp_path: Path) -> None:
     path = tmp_path / "traces.db"
     canary, logged = "CANARY-7f3a9c-secret-prompt", "LOGGED-1b2c3d-visible"

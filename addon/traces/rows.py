@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..policy import Decision, RequestProfile
-from .parts import CANDIDATE_COLUMNS, PartCache, legacy_columns
+from .parts import CANDIDATE_COLUMNS, DecisionPart, PartCache, legacy_columns
 from .record import TraceRecord
 from .scrub import dumps, dumps_json, maybe_secret, mentions, payload_strings, scrub, without
 
@@ -144,7 +144,8 @@ def record_rows(rec: TraceRecord, parts: PartCache | None = None) -> dict[str, l
     return out
 
 
-def _inline(row: dict[str, Any], out: dict[str, list[Any]], d: Decision, part: Any, hidden: set[str]) -> None:
+def _inline(row: dict[str, Any], out: dict[str, list[Any]], d: Decision, part: DecisionPart,
+            hidden: set[str]) -> None:
     """A no_log trace whose decision quotes its payload: the decision inline in the trace's own
     columns (as before the `shared_parts` migration), those strings removed."""
     decision_json, entries = legacy_columns(part.policy.policy, part.policy.summary, part.catalog_version,

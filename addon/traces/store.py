@@ -252,11 +252,16 @@ class TraceStore:
                     known[part.key] = part.row()
             for snapshot in rows["catalogs"]:
                 catalogs.setdefault(snapshot[0], snapshot)
-        ids = [(r["trace_id"],) for r in tables["decisions"]]
+        ids = [r["trace_id"] for r in tables["decisions"]]
         conn = self.db.conn
         with self.db.atomic():
+            # A repeated trace_id replaces the old trace: its child rows go first (one query to
+            # find such ids; trace ids are fresh in practice).
+            again = [row for chunk in range(0, len(ids), 500) for row in conn.execute(
+                f"SELECT trace_id FROM decisions WHERE trace_id IN ({', '.join('?' * len(ids[chunk:chunk + 500]))})",
+                ids[chunk:chunk + 500])]
             for table in _CHILDREN:
-                conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", ids)
+                conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", again)
             # Every batch (re)states the parts it uses: a part pruned meanwhile, or never written
             # to this file, is there again before a row references it.
             for table, known in parts.items():
