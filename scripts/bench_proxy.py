@@ -21,8 +21,10 @@ code of another checkout DIR (e.g. `git worktree add /tmp/before main`), and
 --rounds N repeats everything N times, the two codes interleaved, so before/after
 figures come from the same machine at the same time; the table then shows medians
 over the rounds, and the load average before and after. On a shared machine the
-proxy's CPU time per request is the steadiest figure. Each run of case c/d says
-how many traces the proxy wrote for the requests it answered.
+proxy's CPU time per request is the steadiest figure, and the trace writer
+thread's own CPU time per request (column "of it trace writer", read from
+/proc/PID/task) the most direct measure of what tracing costs. Each run of case
+c/d says how many traces the proxy wrote for the requests it answered.
 
 Every run is bounded by count (--requests) and time (--duration-cap). The
 upstream is a minimal asyncio HTTP/1.1 keep-alive server answering a fixed
@@ -320,6 +322,34 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """{thread id: (name, utime + stime seconds)} of the threads of `pid`."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+WRITER_THREAD = "routecar-traces"
+
+
+def writer_cpu_seconds(pid: int, before: dict[int, tuple[str, float]]) -> float:
+    """CPU seconds of routecar's trace writer thread since `before`: the thread named routecar-traces,
+    or (code that does not name its OS threads) the busiest thread other than the event loop's."""
+    after = thread_cpu(pid)
+    delta = {tid: (name, cpu - before.get(tid, (name, 0.0))[1]) for tid, (name, cpu) in after.items()}
+    named = [cpu for name, cpu in delta.values() if name == WRITER_THREAD]
+    if named:
+        return sum(named)
+    others = [cpu for tid, (_, cpu) in delta.items() if tid != pid]
+    return max(others, default=0.0)
+
+
 def peak_rss_mb(pid: int) -> float:
     """Sum of peak RSS of the proxy and its child processes."""
     total = 0.0
@@ -550,6 +580,7 @@ def run_case(case: str, code: Path | None, up_port: int, work: Path, otlp: str |
             answered += load(target, client, args.warmup, 16, args.duration_cap, load_cpus)["requests"]
         for conns in concs:
             cpu0 = cpu_seconds(target.proc.pid) if target.proc else 0.0
+            threads0 = thread_cpu(target.proc.pid) if target.traces else {}
             try:
                 r = load(target, client, args.requests, conns, args.duration_cap, load_cpus)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
@@ -558,6 +589,8 @@ def run_case(case: str, code: Path | None, up_port: int, work: Path, otlp: str |
             if target.proc:
                 r["cpu_ms"] = (cpu_seconds(target.proc.pid) - cpu0) * 1000 / max(1, r["requests"])
                 r["rss"] = peak_rss_mb(target.proc.pid)
+            if target.traces is not None and target.proc:
+                r["writer_ms"] = writer_cpu_seconds(target.proc.pid, threads0) * 1000 / max(1, r["requests"])
             answered += r["requests"]
             rows.append({"case": case, "code": label, "conns": conns, **r,
                          "rps": r["requests"] / r["elapsed"] if r["elapsed"] else 0.0})
@@ -586,7 +619,7 @@ def median_rows(rows: list[dict]) -> list[dict]:
     out = []
     for (case, code, conns), rs in groups.items():
         row = {"case": case, "code": code, "conns": conns, "rounds": len(rs)}
-        for k in ("requests", "rps", "p50", "p99", "errors", "cpu_ms", "rss"):
+        for k in ("requests", "rps", "p50", "p99", "errors", "cpu_ms", "writer_ms", "rss"):
             values = sorted(r[k] for r in rs if k in r)
             if values:
                 row[k] = values[len(values) // 2]
@@ -660,15 +693,17 @@ def render(rows: list[dict], runs: list[dict], client: str, args: argparse.Names
            f"{len(cpus)} CPUs, " + ("proxy pinned to CPU 0, upstream + load on the rest." if pin else "no pinning.")
            + (f" Medians of {args.rounds} interleaved rounds." if args.rounds > 1 else "")
            + f" Load average (1/5/15 min): {load} after.",
-           "", "| case | conc | requests | req/s | p50 ms | p99 ms | vs (b) | proxy CPU ms/req | proxy peak RSS MB | errors |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "", "| case | conc | requests | req/s | p50 ms | p99 ms | vs (b) | proxy CPU ms/req | of it trace writer "
+           "| proxy peak RSS MB | errors |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = f"{r['rps'] / base[r['conns']]:.2f}x" if base.get(r["conns"]) else "—"
         cpu = f"{r['cpu_ms']:.2f}" if "cpu_ms" in r else "—"
         rss = f"{r['rss']:.0f}" if "rss" in r else "—"
+        writer = f"{r['writer_ms']:.3f}" if "writer_ms" in r else "—"
         code = " [baseline]" if r.get("code") else ""
         out.append(f"| {r['case']} {CASE_TITLES[r['case']]}{code} | {r['conns']} | {r['requests']} | {r['rps']:.0f} | "
-                   f"{r['p50'] * 1000:.2f} | {r['p99'] * 1000:.2f} | {ratio} | {cpu} | {rss} | {r['errors']} |")
+                   f"{r['p50'] * 1000:.2f} | {r['p99'] * 1000:.2f} | {ratio} | {cpu} | {writer} | {rss} | {r['errors']} |")
     out += _differences(runs)
     out += [f"\n- {n}" for n in notes]
     if client == "wrk" and "d" in {r["case"] for r in rows}:

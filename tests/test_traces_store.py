@@ -389,3 +389,18 @@ def test_drops_and_disk_errors_are_logged_once_not_per_record(tmp_path: Path, ca
     assert len(errors) == 1 and str(blocker) in errors[0].getMessage()
     assert broken.stats()["errors"] == 3
     broken.close()
+
+
+def test_the_writer_thread_is_named_for_the_os(tmp_path: Path) -> None:
+    """top -H, ps -L and bench_proxy's per-thread CPU read the OS thread name (Linux)."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("thread names in /proc are Linux")
+    writer = TraceWriter(tmp_path / "t.db").start()
+    try:
+        assert _poll(lambda: any((t / "comm").read_text().strip() == "routecar-traces"
+                                 for t in Path(f"/proc/{os.getpid()}/task").iterdir()))
+    finally:
+        writer.close()
