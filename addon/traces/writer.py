@@ -1,10 +1,11 @@
 """Background writer: the request path hands a TraceRecord over and never waits.
 
 `submit()` puts the record on a bounded queue (a full queue drops it and counts
-the drop); one thread takes each record as it comes and turns it into rows at
-once (`rows.record_rows`: tens of microseconds, the decision's shared parts
-memoised), so its share of the GIL comes in thin slices between the event
-loop's work rather than in a burst per batch; the rows of up to `batch_size`
+the drop); one thread, woken by a record, waits `slice_s` (10 ms) for more and
+turns what came into rows (`rows.record_rows`: tens of microseconds a record,
+the decision's shared parts memoised), so its share of the GIL comes in thin
+slices between the event loop's work rather than in a burst per batch, with
+one wake-up per slice rather than per record; the rows of up to `batch_size`
 records, or of `linger_s` seconds, are committed in one transaction through
 its own `TraceStore` (a sqlite connection belongs to the thread that opened
 it; SQLite releases the GIL while it works). A record that cannot be turned
@@ -54,7 +55,7 @@ class TraceWriter:
     def __init__(self, store_path: str | Path, *, max_queue: int = 10000,
                  batch_size: int = 256, flush_interval_s: float = 0.05,
                  max_age_s: float | None = None, max_rows: int | None = None,
-                 prune_every_s: float = 60.0, linger_s: float = 0.05,
+                 prune_every_s: float = 60.0, linger_s: float = 0.05, slice_s: float = 0.01,
                  clock: Callable[[], float] = time.time) -> None:
         self.store_path = Path(store_path)
         self.batch_size = max(1, batch_size)
@@ -62,6 +63,9 @@ class TraceWriter:
         # A batch is committed this long after its first record (or when full): under load
         # one transaction then carries dozens of traces instead of one or two.
         self.linger_s = linger_s
+        # Woken by a record, wait this long for more before turning them into rows: one wake-up
+        # (and GIL hand-over) per slice rather than per record, a burst of a slice's records only.
+        self.slice_s = slice_s
         self._parts = PartCache()  # the decisions' shared parts, built once (this thread only)
         self.max_age_s, self.max_rows, self.prune_every_s = max_age_s, max_rows, prune_every_s
         self.clock = clock
@@ -152,7 +156,15 @@ class TraceWriter:
                     record = self._queue.get(timeout=wait) if not stopping else self._queue.get_nowait()
                 except queue.Empty:
                     record = None
-                if record is not None:
+                arrived = [record] if record is not None else []
+                if arrived and self.slice_s > 0 and not stopping:
+                    self._stop.wait(self.slice_s)  # returns at once when closing
+                while arrived and len(arrived) < self.batch_size:
+                    try:
+                        arrived.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                for record in arrived:
                     if not records:
                         due = time.monotonic() + self.linger_s
                     records += 1
