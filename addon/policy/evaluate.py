@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -128,6 +128,16 @@ def cost_bound(clause: Clause) -> tuple[float, float] | None:
     return (edge, math.inf) if side == 1 else (-math.inf, edge)
 
 
+def _both_states(clauses: Sequence[Clause], fields: Sequence[str], values: Sequence[Any]) -> tuple[bool, bool]:
+    """Whether an entry with these `values` of `fields` passes `clauses` while healthy, and while cooled."""
+    row: dict[str, Any] = dict(zip(fields, values))
+    out = []
+    for healthy in (True, False):
+        row["healthy"] = healthy
+        out.append(all(c.test(row) for c in clauses))
+    return out[0], out[1]
+
+
 def _health_only(clause: Clause) -> bool:
     """Reads `healthy` and no other per-request field: decidable per entry for both states."""
     return {f for f in clause.fields if f in DYNAMIC_FIELDS} == {"healthy"}
@@ -189,7 +199,8 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
             health_only.append(c)
         else:
             general.append(c)
-    health_reads = {f for c in health_only for f in c.fields if f not in DYNAMIC_FIELDS}
+    health_reads = tuple(dict.fromkeys(f for c in health_only for f in c.fields if f not in DYNAMIC_FIELDS))
+    health_ok: dict[tuple[Any, ...], tuple[bool, bool]] = {}
     rows: list[tuple[Any, ...]] = []
     failures: dict[int, Failure] = {}
     for i, (entry, row) in enumerate(zip(catalog.entries, catalog.rows)):
@@ -199,11 +210,10 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
         else:
             parts = tuple(_DYN if f in DYNAMIC_FIELDS else _key_part(d, row.get(f)) if composed else row.get(f)
                           for d, f in policy.rank)
-            ok = [True, True]
-            if health_only:  # a small row with just what those clauses read, in both states
-                small = {f: row.get(f) for f in health_reads}
-                for n, small["healthy"] in enumerate((True, False)):
-                    ok[n] = all(c.test(small) for c in health_only)
+            ok = (True, True)
+            if health_only:  # decided once per distinct value of the entry fields those clauses read
+                values = tuple(row.get(f) for f in health_reads)
+                ok = health_ok.get(values) or health_ok.setdefault(values, _both_states(health_only, health_reads, values))
             caps = entry.capabilities
             k = cost_at if cost_at is not None else 0
             # A StaticRow's fields, built as a plain tuple (see StaticRow).
