@@ -475,7 +475,7 @@ def test_per_request_clauses_keep_exactly_the_entries_every_clause_passes(rules,
     ("gt", 1, [1.0000000000000002], [1.0]),
 ])
 def test_cost_bound_is_the_clause_as_an_interval(op: str, n: float, inside: list[float], outside: list[float]) -> None:
-    from routecar.policy.evaluate import cost_bound
+    from routecar.policy.dynamic import cost_bound
 
     clause = P({"rules": [["cmp", "est_cost", op, n]]}).clauses[0]
     lo, hi = cost_bound(clause)

@@ -22,7 +22,7 @@ import pytest
 from routecar.catalog import load_catalog
 from routecar.cli.main import main
 from routecar.policy import Decision, RequestProfile, evaluate, parse_policy
-from routecar.policy.evaluate import HealthSnapshot
+from routecar.policy.dynamic import HealthSnapshot
 from routecar.tenants.rules import compile_policy, load_rules
 from routecar.tenants.table import load_tenants
 from routecar.traces.record import TraceRecord

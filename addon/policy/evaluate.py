@@ -11,44 +11,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from operator import itemgetter
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from ..catalog import Catalog, CatalogEntry
 from ..fields import DYNAMIC_FIELDS
+from .dynamic import HealthSnapshot, LiveHealth, both_states, cost_bound, health_only_clause
 from .model import Clause, Policy, Row
 from .request import FIT_RULES, RequestProfile, est_cost, fit_failure
-
-class LiveHealth(Protocol):
-    """Health as evaluation reads it (`HealthTracker`, or a snapshot of it)."""
-
-    def live_fields(self, entry_id: str) -> Mapping[str, Any]:
-        """`healthy` and `latency_ms` of one entry."""
-        ...
-
-    def cooled_ids(self) -> frozenset[str]:
-        """The entries cooling down (not `healthy`) right now."""
-        ...
-
-
-class HealthSnapshot:
-    """Live health as it was when a request was decided: what a Decision keeps, so that its
-    verdicts and sort keys, computed later (in a trace writer), tell what the router saw."""
-
-    __slots__ = ("cooled", "latency")
-
-    def __init__(self, cooled: frozenset[str], latency: Mapping[str, float | None]) -> None:
-        self.cooled, self.latency = cooled, latency
-
-    def cooled_ids(self) -> frozenset[str]:
-        return self.cooled
-
-    def live_fields(self, entry_id: str) -> dict[str, Any]:
-        return {"healthy": entry_id not in self.cooled, "latency_ms": self.latency.get(entry_id)}
-
 
 @dataclass(frozen=True, slots=True)
 class Failure:
@@ -110,39 +83,6 @@ class StaticRow(NamedTuple):
     # costs the first evaluation of a policy ~10%.
 
 
-_CMP_BOUND = {"ge": (1, 0.0), "gt": (1, math.inf), "le": (-1, 0.0), "lt": (-1, -math.inf)}
-
-
-def cost_bound(clause: Clause) -> tuple[float, float] | None:
-    """A clause `["cmp", "est_cost", op, n]` as the closed float interval [lo, hi] of costs
-    passing it (a strict bound is the next float towards the inside), or None for any other
-    clause. Lets the per-request loop test `lo <= cost <= hi` instead of calling the clause."""
-    e = clause.normal
-    if not (isinstance(e, list) and len(e) == 4 and e[0] == "cmp" and e[1] == "est_cost"):
-        return None
-    n = e[3]
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or float(n) != n:
-        return None  # NaN, or an int a float cannot hold exactly: let the clause decide
-    side, towards = _CMP_BOUND[e[2]]
-    edge = float(n) if towards == 0.0 else math.nextafter(float(n), towards)
-    return (edge, math.inf) if side == 1 else (-math.inf, edge)
-
-
-def _both_states(clauses: Sequence[Clause], fields: Sequence[str], values: Sequence[Any]) -> tuple[bool, bool]:
-    """Whether an entry with these `values` of `fields` passes `clauses` while healthy, and while cooled."""
-    row: dict[str, Any] = dict(zip(fields, values))
-    out = []
-    for healthy in (True, False):
-        row["healthy"] = healthy
-        out.append(all(c.test(row) for c in clauses))
-    return out[0], out[1]
-
-
-def _health_only(clause: Clause) -> bool:
-    """Reads `healthy` and no other per-request field: decidable per entry for both states."""
-    return {f for f in clause.fields if f in DYNAMIC_FIELDS} == {"healthy"}
-
-
 @dataclass(frozen=True, slots=True)
 class _Static:
     """Per (policy, catalog version): the entries passing every request-independent
@@ -195,7 +135,7 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
     for c in policy.dynamic_clauses:
         if (bound := cost_bound(c)) is not None:
             lo, hi = max(lo, bound[0]), min(hi, bound[1])
-        elif _health_only(c):
+        elif health_only_clause(c):
             health_only.append(c)
         else:
             general.append(c)
@@ -213,7 +153,7 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
             ok = (True, True)
             if health_only:  # decided once per distinct value of the entry fields those clauses read
                 values = tuple(row.get(f) for f in health_reads)
-                ok = health_ok.get(values) or health_ok.setdefault(values, _both_states(health_only, health_reads, values))
+                ok = health_ok.get(values) or health_ok.setdefault(values, both_states(health_only, health_reads, values))
             caps = entry.capabilities
             k = cost_at if cost_at is not None else 0
             # A StaticRow's fields, built as a plain tuple (see StaticRow).

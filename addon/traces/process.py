@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from ..catalog import parse_catalog
 from ..policy import Decision, RequestProfile, parse_policy
-from ..policy.evaluate import HealthSnapshot
+from ..policy.dynamic import HealthSnapshot
 from .record import TraceRecord
 from .writer import TraceWriter
 
