@@ -28,7 +28,8 @@ class CallOutcome:
     start: float                     # wall clock, epoch seconds
     duration_s: float
     status: int
-    outcome: str                     # "ok", "provider_error", "stream_broken", "client_gone" or an error code
+    outcome: str                     # "ok", "provider_error", "stream_broken", "stream_truncated",
+                                     # "client_gone" or an error code
     api: str = "chat"                # the app's API shape
     mode: str | None = None
     tenant: str | None = None        # identified by the tenant table

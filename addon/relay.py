@@ -24,10 +24,11 @@ from http import HTTPStatus
 
 import aiohttp
 
-from .apis import ApiShape, StreamTranslator, Usage
+from .apis import Reshape, StreamEnd
 from .apis.sse import event_end
 from .keyscrub import KeyScrubber
 from .upstream import Timeouts
+from .usage import TokenUsage
 
 MAX_EVENT_BUFFER = 1024 * 1024   # the relay forwards a partial event rather than buffer more
 TRACE_BODY_LIMIT = 256 * 1024
@@ -40,37 +41,12 @@ class StreamStats:
     error: str | None = None      # set when the stream broke after bytes were sent
     client_gone: bool = False
     interrupted: bool = False     # ended by routecar itself at the drain deadline
-    tail: bytearray = field(default_factory=bytearray)   # last bytes, for the usage chunk
+    tail: bytearray = field(default_factory=bytearray)   # last bytes: model, finish reasons
     captured: bytearray | None = None                   # the body for traces (None with no_log)
-    usage: Usage | None = None                          # what the provider reported (with a Reshape)
-
-
-class Reshape:
-    """A stream on its way to the caller: the provider's bytes in the caller's shape
-    (through `translator` when the request was translated), errors in the caller's
-    shape, and the usage the provider reported."""
-
-    def __init__(self, shape: ApiShape, translator: StreamTranslator | None) -> None:
-        self.shape, self.translator = shape, translator
-        self.reader = shape.usage_reader() if translator is None else None
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self.translator is not None:
-            return self.translator.feed(chunk)
-        assert self.reader is not None
-        self.reader.feed(chunk)
-        return chunk
-
-    def close(self) -> bytes:
-        """The provider's stream ended: a translation's closing events (or its error)."""
-        return self.translator.close() if self.translator is not None else b""
-
-    def fail(self, message: str) -> bytes:
-        return self.translator.fail(message) if self.translator is not None else self.shape.stream_error(message)
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.translator.usage if self.translator is not None else self.reader.usage if self.reader else None
+    usage: TokenUsage | None = None                     # what the provider reported, over its whole stream
+                                                        # (with a Reshape)
+    end: StreamEnd | None = None                        # how the provider's stream ended, when it did
+                                                        # (with a Reshape): truncated, an error, complete
 
 
 @dataclass
@@ -98,10 +74,11 @@ SHUTDOWN_EVENT = sse_error_event(SHUTDOWN_MESSAGE, code="shutting_down", type_="
 
 def stream_health(stats: StreamStats) -> bool | None:
     """What a relayed stream says about its provider: True if it ended properly, False if
-    it broke, None when it says nothing (the client left, or routecar ended it)."""
+    it broke, ended without its terminal marker or with the provider's error event, None
+    when it says nothing (the client left, or routecar ended it)."""
     if stats.interrupted or stats.client_gone and stats.error is None:
         return None
-    return stats.error is None
+    return stats.error is None and stats.end in (None, StreamEnd.COMPLETE)
 
 
 def _reason(status: int) -> str:
@@ -280,8 +257,10 @@ class Relay:
                                                 fail=fail)
                 if clean:
                     stream.release()   # read to the end: its connection goes back to the pool
-                    if reshape is not None and (tail := reshape.close()):
-                        send(tail)
+                    if reshape is not None:
+                        if tail := reshape.close():
+                            send(tail)
+                        stats.end = reshape.end
             if stats.client_gone:
                 return False
             if scrub is not None and not (stats.error or stats.interrupted):

@@ -222,5 +222,5 @@ def test_a_cut_stream_ends_with_an_error_never_a_clean_end() -> None:
 def test_usage_is_what_the_provider_reported() -> None:
     t = MessagesToChatStream()
     t.feed(raw("messages/stream_tool_use.sse"))
-    assert t.usage is not None and (t.usage.prompt_tokens, t.usage.completion_tokens, t.usage.cached_tokens) == (
+    assert t.usage is not None and (t.usage.input, t.usage.output, t.usage.cached_input) == (
         472 + 1024, 89, 1024)

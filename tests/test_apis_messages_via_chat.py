@@ -260,4 +260,4 @@ def test_garbage_and_oversized_events_end_in_an_error_event() -> None:
 def test_usage_is_what_the_provider_reported() -> None:
     t = ChatToMessagesStream()
     t.feed(raw("chat/stream_tool_calls.sse"))
-    assert t.usage is not None and (t.usage.prompt_tokens, t.usage.completion_tokens) == (2120, 52)
+    assert t.usage is not None and (t.usage.input, t.usage.output) == (2120, 52)

@@ -9,7 +9,8 @@ import pytest
 from anthropic.types.shared import ErrorResponse
 from openai.types.responses import ResponseErrorEvent
 
-from routecar.apis import SHAPES, ApiShape, Usage, shape_for
+from routecar.apis import SHAPES, ApiShape, StreamEnd, shape_for
+from routecar.usage import TokenUsage
 from routecar.apis.chat import CHAT
 from routecar.apis.messages import MESSAGES
 from routecar.apis.responses import RESPONSES
@@ -154,18 +155,22 @@ def test_for_entry_sets_the_model_and_keeps_the_rest(name: str) -> None:
     assert out == {"model": "chosen", "stream": True, "x": [1]} and body["model"] == "asked"
 
 
+def U(prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> TokenUsage:
+    """Usage in the one type every shape reports (prompt counts cached input and cache writes)."""
+    return TokenUsage(input=prompt, cached_input=cached, output=completion, cache_write=cache_write)
+
+
 @pytest.mark.parametrize(("shape", "payload", "usage"), [
-    ("chat", "chat/answer_text.json", Usage(24, 8, 0)),
-    ("chat", "chat/answer_tool_calls.json", Usage(2120, 52, 2048)),
-    ("chat", "chat/answer_length.json", Usage(12, 8, None)),
-    ("messages", "messages/answer_text.json", Usage(25, 11, 0)),
-    ("messages", "messages/answer_tool_use.json", Usage(472 + 100 + 1024, 89, 1024)),
-    ("messages", "messages/answer_stop_sequence.json", Usage(14, 7, None)),
-    ("responses", "responses/answer_text.json", Usage(21, 8, 0)),
+    ("chat", "chat/answer_text.json", U(24, 8)),
+    ("chat", "chat/answer_tool_calls.json", U(2120, 52, 2048)),
+    ("chat", "chat/answer_length.json", U(12, 8)),
+    ("messages", "messages/answer_text.json", U(25, 11)),
+    ("messages", "messages/answer_tool_use.json", U(472 + 100 + 1024, 89, 1024, cache_write=100)),
+    ("messages", "messages/answer_stop_sequence.json", U(14, 7)),
+    ("responses", "responses/answer_text.json", U(21, 8)),
 ])
-def test_usage_of_an_answer(shape: str, payload: str, usage: Usage) -> None:
+def test_usage_of_an_answer(shape: str, payload: str, usage: TokenUsage) -> None:
     assert SHAPES[shape].usage(raw(payload)) == usage
-    assert usage.to_dict()["total_tokens"] == usage.prompt_tokens + usage.completion_tokens
 
 
 @pytest.mark.parametrize("blob", [b"", b"not json", b"[1]", b'{"usage": {"x": 1}}', b'{"usage": null}'])
@@ -174,23 +179,25 @@ def test_usage_of_a_bad_answer_is_none(blob: bytes) -> None:
         assert shape.usage(blob) is None
 
 
-@pytest.mark.parametrize(("shape", "payload", "usage"), [
-    ("chat", "chat/stream_text.sse", Usage(31, 9, 0)),
-    ("chat", "chat/stream_tool_calls.sse", Usage(2120, 52, 2048)),
-    ("chat", "chat/stream_length.sse", Usage(12, 8, None)),
-    ("chat", "chat/stream_error.sse", None),
-    ("messages", "messages/stream_text.sse", Usage(25, 12, 0)),
-    ("messages", "messages/stream_tool_use.sse", Usage(472 + 1024, 89, 1024)),
-    ("messages", "messages/stream_thinking.sse", Usage(40, 120, 0)),
-    ("messages", "messages/stream_error.sse", Usage(25, 1, 0)),   # what message_start said
-    ("responses", "responses/stream_text.sse", Usage(21, 8, 0)),
+@pytest.mark.parametrize(("shape", "payload", "usage", "end"), [
+    ("chat", "chat/stream_text.sse", U(31, 9), StreamEnd.COMPLETE),
+    ("chat", "chat/stream_tool_calls.sse", U(2120, 52, 2048), StreamEnd.COMPLETE),
+    ("chat", "chat/stream_length.sse", U(12, 8), StreamEnd.COMPLETE),
+    ("chat", "chat/stream_error.sse", None, StreamEnd.ERROR),
+    ("messages", "messages/stream_text.sse", U(25, 12), StreamEnd.COMPLETE),
+    ("messages", "messages/stream_tool_use.sse", U(472 + 1024, 89, 1024), StreamEnd.COMPLETE),
+    ("messages", "messages/stream_thinking.sse", U(40, 120), StreamEnd.COMPLETE),
+    ("messages", "messages/stream_error.sse", U(25, 1), StreamEnd.ERROR),   # what message_start said
+    ("responses", "responses/stream_text.sse", U(21, 8), StreamEnd.COMPLETE),
 ])
-def test_usage_of_a_stream_fed_byte_by_byte(shape: str, payload: str, usage: Usage | None) -> None:
+def test_usage_and_end_of_a_stream_fed_byte_by_byte(shape: str, payload: str, usage: TokenUsage | None,
+                                                    end: StreamEnd) -> None:
     blob = raw(payload)
     reader = SHAPES[shape].usage_reader()
     for i in range(len(blob)):
         reader.feed(blob[i:i + 1])
-    assert reader.usage == usage
+    reader.close()
+    assert reader.usage == usage and reader.end is end
 
 
 def test_usage_reader_survives_garbage() -> None:

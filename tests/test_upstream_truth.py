@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from routecar.apis import SHAPES, Reshape, StreamEnd
 from routecar.relay import StreamStats, stream_health
 from routecar.upstream import try_plan
 from tests.test_upstream import BODY, EU, FAST, STREAM, Harness, content, events, fetch, park, run
@@ -222,3 +223,63 @@ def _dechunk(raw: bytes) -> list[bytes]:
         out.append(body[:n])
         body = body[n + 2:]
     return out
+
+
+# -- a stream that ends without its terminal marker is not a success ----------------------------
+
+CHUNK = 'data: {"choices": [{"index": 0, "delta": {"content": "%s"}, "finish_reason": %s}]}\n\n'
+DONE = "data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("stats,verdict", [
+    (StreamStats(end=StreamEnd.COMPLETE), True),
+    (StreamStats(end=StreamEnd.TRUNCATED), False),
+    (StreamStats(end=StreamEnd.ERROR), False),
+    (StreamStats(client_gone=True, end=None), None),
+])
+def test_stream_health_reads_how_the_stream_ended(stats, verdict):
+    assert stream_health(stats) is verdict
+
+
+@pytest.mark.parametrize("tail,end", [
+    ([CHUNK % ("lo", '"stop"'), DONE], StreamEnd.COMPLETE),
+    ([CHUNK % ("lo", '"stop"')], StreamEnd.TRUNCATED),     # everything but [DONE]
+    ([CHUNK % ("lo", "null")], StreamEnd.TRUNCATED),       # cut cleanly mid-answer
+    (['data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'], StreamEnd.ERROR),
+])
+def test_a_native_stream_is_relayed_as_is_and_its_end_reported(tmp_path, tail, end):
+    async def t(h: Harness) -> None:
+        pieces = [CHUNK % ("hel", "null"), *tail]
+        h.fleet.set_script("mistral", [{"raw_chunks": pieces, "chunk_delay": 0.05}])
+        res = await h.route(EU, body=STREAM)
+        done: list[StreamStats] = []
+        path = h.relay.register(res.status, res.headers, stream=res.stream, body=res.body, capture=True,
+                                on_done=done.append, reshape=Reshape(SHAPES["chat"], None))
+        status, _, raw = await fetch(h.relay, path)
+        assert status == 200 and raw == "".join(pieces).encode()   # byte for byte, nothing added
+        [stats] = done
+        assert stats.end is end and stats.error is None
+        assert stream_health(stats) is (end is StreamEnd.COMPLETE)
+    run(tmp_path, t)
+
+
+def test_a_long_messages_stream_is_priced_from_all_of_it(tmp_path):
+    """message_start (input tokens) is far more than 8 KiB before the end: the shape's reader,
+    which sees the whole stream, still has it; the relay's tail does not."""
+    async def t(h: Harness) -> None:
+        body = {"model": "claude", "max_tokens": 4000, "stream": True,
+                "messages": [{"role": "user", "content": "x" * 4000}]}
+        h.fleet.set_script("anthropic", [{"content": "word " * 6000, "chunks": 600}])
+        pol = h.engine.policies().parse(json.dumps({"rules": [["eq", "id", "anthropic/claude-haiku-4-5"]]}))
+        res = await try_plan(h.session, h.engine, h.engine.decide(pol, body, None, "messages"), body, {},
+                             timeouts=FAST, api_in="messages")
+        assert res.stream is not None and res.api_out == "messages"
+        done: list[StreamStats] = []
+        path = h.relay.register(res.status, res.headers, stream=res.stream, body=res.body, capture=False,
+                                on_done=done.append, reshape=Reshape(SHAPES["messages"], None))
+        _, _, raw = await fetch(h.relay, path)
+        [stats] = done
+        assert len(raw) > 64 * 1024 and b"message_start" not in bytes(stats.tail)
+        assert stats.end is StreamEnd.COMPLETE
+        assert stats.usage is not None and (stats.usage.input, stats.usage.output) == (1000, 7500)
+    run(tmp_path, t)

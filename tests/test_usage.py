@@ -115,9 +115,21 @@ def test_recorded_answers_of_every_shape(name, usage, reasons):
     assert (facts.usage, facts.finish_reasons) == (usage, reasons)
 
 
-def test_a_shapes_usage_feeds_pricing_as_is():
-    """addon/apis reads usage per API shape; its Usage becomes a TokenUsage without loss."""
-    from routecar.apis.base import Usage
+@pytest.mark.parametrize("name", ["chat/answer_tool_calls.json", "chat/stream_tool_calls.sse",
+                                  "messages/answer_tool_use.json", "messages/stream_tool_use.sse",
+                                  "messages/stream_thinking.sse", "responses/answer_text.json",
+                                  "responses/stream_text.sse"])
+def test_a_shapes_usage_is_what_pricing_takes(name):
+    """addon/apis reads usage per API shape (a stream: the whole of it, incrementally) in the one
+    type pricing takes, with the same counts as the facts read from the answer's bytes."""
+    from routecar.apis import SHAPES
 
-    assert TokenUsage.from_reported(Usage(1200, 300, cached_tokens=1000).to_dict()) == TokenUsage(1200, 1000, 300)
-    assert TokenUsage.from_reported(Usage(12, 3).to_dict()) == TokenUsage(12, 0, 3)
+    blob = (PAYLOADS / name).read_bytes()
+    shape = SHAPES[name.split("/")[0]]  # type: ignore[index]
+    if name.endswith(".sse"):
+        reader = shape.usage_reader()
+        reader.feed(blob)
+        usage = reader.usage
+    else:
+        usage = shape.usage(blob)
+    assert type(usage) is TokenUsage and usage == response_facts(blob).usage

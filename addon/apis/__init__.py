@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .base import API_NAMES, ApiName, ApiShape, Usage, UsageReader
+from .base import API_NAMES, ApiName, ApiShape, StreamEnd, UsageReader
 from .chat import CHAT
 from .messages import MESSAGES
 from .responses import RESPONSES
-from .stream import StreamTranslator
+from .stream import Reshape, StreamTranslator
 from .translate import TRANSLATIONS, Translation, api_for, translation
 
 SHAPES: Mapping[ApiName, ApiShape] = {"chat": CHAT, "responses": RESPONSES, "messages": MESSAGES}
@@ -29,5 +29,5 @@ def shape_for(path: str) -> ApiShape | None:
     return next((s for s in SHAPES.values() if s.matches(path)), None)
 
 
-__all__ = ["API_NAMES", "SHAPES", "TRANSLATIONS", "ApiName", "ApiShape", "StreamTranslator", "Translation",
-           "Usage", "UsageReader", "api_for", "shape_for", "translation"]
+__all__ = ["API_NAMES", "SHAPES", "TRANSLATIONS", "ApiName", "ApiShape", "Reshape", "StreamEnd", "StreamTranslator",
+           "Translation", "UsageReader", "api_for", "shape_for", "translation"]

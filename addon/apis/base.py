@@ -7,7 +7,8 @@ An API shape is one wire format apps speak (`chat`, `responses`, `messages`):
                                                         images, stream)
     body ──native_only──▶ reasons it cannot be translated to another shape (empty: it can)
     body ──for_entry──▶ the same request for the chosen entry's model
-    answer / stream ──usage / usage_reader──▶ Usage
+    answer / stream ──usage / usage_reader──▶ TokenUsage (usage.py: one type for every shape),
+                                              and how a stream ended (StreamEnd)
     RoutecarError ──error_body / stream_error──▶ the error in this shape's format
 
 Translations between shapes (`translate.py`) are separate and pure: a request
@@ -20,48 +21,39 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from ..errors import RoutecarError
 from ..policy.request import RequestProfile
-from .sse import SSEDecoder, SSEError
+from ..usage import TokenUsage
+from .sse import SSEDecoder, SSEError, SSEEvent
 
 ApiName = Literal["chat", "responses", "messages"]
 API_NAMES: tuple[ApiName, ...] = get_args(ApiName)
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Tokens of one answer, in the names traces use whatever the shape.
+class StreamEnd(StrEnum):
+    """How a provider's stream ended, as its own events say."""
 
-    `prompt_tokens` counts every input token, cached or not (Anthropic reports
-    cache reads and writes apart from `input_tokens`; they are added here).
-    """
-
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int | None = None
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def to_dict(self) -> dict[str, int]:
-        out = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-               "total_tokens": self.total_tokens}
-        if self.cached_tokens is not None:
-            out["cached_tokens"] = self.cached_tokens
-        return out
+    COMPLETE = "complete"     # the shape's terminal marker came ([DONE], response.completed, message_stop)
+    ERROR = "error"           # the provider reported an error in the stream (or it could not be read)
+    TRUNCATED = "truncated"   # it ended without its terminal marker
 
 
 class UsageReader(Protocol):
-    """Fed a stream's bytes as they pass; knows the usage once the stream said it."""
+    """Fed a stream's bytes as they pass (the whole stream, in bounded memory); knows the usage
+    once the stream said it, and whether it said it was complete."""
 
     def feed(self, chunk: bytes) -> None: ...
 
+    def close(self) -> None: ...
+
     @property
-    def usage(self) -> Usage | None: ...
+    def usage(self) -> TokenUsage | None: ...
+
+    @property
+    def end(self) -> StreamEnd | None: ...   # None: neither its terminal marker nor an error (yet)
 
 
 @runtime_checkable
@@ -78,13 +70,13 @@ class ApiShape(Protocol):
 
     def for_entry(self, body: Mapping[str, Any], model: str) -> dict[str, Any]: ...
 
-    def usage(self, answer: bytes) -> Usage | None: ...
+    def usage(self, answer: bytes) -> TokenUsage | None: ...
 
     def usage_reader(self) -> UsageReader: ...
 
     def error_body(self, err: RoutecarError) -> dict[str, Any]: ...
 
-    def stream_error(self, message: str) -> bytes: ...
+    def stream_error(self, message: str, after: UsageReader | None = None) -> bytes: ...
 
 
 # -- shared helpers -----------------------------------------------------------------------
@@ -155,21 +147,24 @@ def error_message(body: bytes) -> str:
     return body[:2000].decode("utf-8", "replace") or "provider error"
 
 
-_USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
-EventUsage = Callable[[Mapping[str, Any], "Usage | None"], "Usage | None"]
+EventUsage = Callable[[Mapping[str, Any], TokenUsage | None], TokenUsage | None]
+EventEnd = Callable[[Mapping[str, Any]], StreamEnd | None]
 
 
 class SSEUsageReader:
-    """A `UsageReader` for an SSE stream: `pick(event_json, usage_so_far)` reads one
-    event. Only events with a "usage" object are parsed, so it costs little per chunk;
-    a broken stream leaves the usage seen so far and never raises."""
+    """A `UsageReader` for an SSE stream. `pick(event_json, usage_so_far)` reads an event's
+    usage, `ends(event_json)` says whether it ends the stream, `done` is a data line that
+    completes it (chat's `[DONE]`). Only events whose data `watch` matches (they may carry
+    usage or end the stream) are parsed, so it costs little per chunk; a stream that is not
+    usable SSE leaves what was seen so far and never raises."""
 
-    __slots__ = ("_pick", "_decoder", "_usage", "_broken")
+    __slots__ = ("_pick", "_ends", "_watch", "_done", "_decoder", "_usage", "_end", "_broken")
 
-    def __init__(self, pick: EventUsage) -> None:
-        self._pick = pick
+    def __init__(self, pick: EventUsage, ends: EventEnd, watch: re.Pattern[str], done: str | None = None) -> None:
+        self._pick, self._ends, self._watch, self._done = pick, ends, watch, done
         self._decoder = SSEDecoder()
-        self._usage: Usage | None = None
+        self._usage: TokenUsage | None = None
+        self._end: StreamEnd | None = None
         self._broken = False
 
     def feed(self, chunk: bytes) -> None:
@@ -181,18 +176,36 @@ class SSEUsageReader:
             self._broken = True
             return
         for ev in events:
-            if _USAGE_OBJECT.search(ev.data) is None:   # most chunks: no usage, or "usage": null
-                continue
-            try:
-                data = ev.json()
-            except ValueError:
-                continue
-            if isinstance(data, Mapping):
-                self._usage = self._pick(data, self._usage)
+            self._event(ev)
+
+    def close(self) -> None:
+        """The stream ended: a last event without its blank line still counts."""
+        if not self._broken:
+            for ev in self._decoder.close():
+                self._event(ev)
+            self._broken = True
+
+    def _event(self, ev: SSEEvent) -> None:
+        if self._done is not None and ev.data.strip() == self._done:
+            self._end = self._end or StreamEnd.COMPLETE
+            return
+        if self._watch.search(ev.data) is None:   # most chunks: a delta, no usage, not the end
+            return
+        try:
+            data = ev.json()
+        except ValueError:
+            return
+        if isinstance(data, dict):
+            self._usage = self._pick(data, self._usage)
+            self._end = self._end or self._ends(data)
 
     @property
-    def usage(self) -> Usage | None:
+    def usage(self) -> TokenUsage | None:
         return self._usage
+
+    @property
+    def end(self) -> StreamEnd | None:
+        return self._end
 
 
 def int_field(obj: Any, *names: str) -> int:
@@ -204,17 +217,21 @@ def int_field(obj: Any, *names: str) -> int:
 
 class JsonShapeBase:
     """What every shape does alike: the chosen model set on the body, usage read from a whole
-    answer (its top-level `usage`) or from a stream (the shape's `_pick` over its events)."""
+    answer (its top-level `usage`) or from a stream (the shape's `pick`, `ends`, `watch` and
+    `done` over its events: see SSEUsageReader)."""
 
-    usage_from: Callable[[Any], Usage | None]
-    pick: Callable[[Mapping[str, Any], Usage | None], Usage | None]
+    pick: EventUsage
+    ends: EventEnd
+    watch: re.Pattern[str]
+    done: str | None = None
 
     def for_entry(self, body: Mapping[str, Any], model: str) -> dict[str, Any]:
         return {**body, "model": model}
 
-    def usage(self, answer: bytes) -> Usage | None:
+    def usage(self, answer: bytes) -> TokenUsage | None:
         body = parse_answer(answer)
-        return type(self).usage_from(body.get("usage")) if body is not None else None
+        return TokenUsage.from_reported(body.get("usage")) if body is not None else None
 
     def usage_reader(self) -> UsageReader:
-        return SSEUsageReader(type(self).pick)
+        cls = type(self)
+        return SSEUsageReader(cls.pick, cls.ends, cls.watch, cls.done)

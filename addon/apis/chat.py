@@ -3,40 +3,45 @@ or SSE `data:` chunks ending with `data: [DONE]`.
 
 The native shape of most providers. Usage is the answer's `usage` object; in a
 stream, the chunk that carries a non-null `usage` (sent only when the request
-asked for `stream_options.include_usage`).
+asked for `stream_options.include_usage`). A stream is complete at `data: [DONE]`;
+a chunk `{"error": …}` is the provider reporting an error in it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import RoutecarError
 from ..policy.request import RequestProfile, content_size
-from .base import (JsonShapeBase, ApiName, Usage, count, estimate_tokens, int_field, json_size,
-                   model_of, path_matches)
+from ..usage import TokenUsage
+from .base import (JsonShapeBase, ApiName, StreamEnd, UsageReader, count, estimate_tokens, json_size, model_of,
+                   path_matches)
 
 # Content part types a chat request may carry that no other shape can take.
 _NATIVE_PARTS = frozenset({"input_audio", "file", "audio"})
 
 
-def usage_from(obj: Any) -> Usage | None:
-    """A chat `usage` object (`prompt_tokens`, `completion_tokens`, details) as Usage."""
-    if not isinstance(obj, Mapping) or count(obj.get("prompt_tokens")) is None:
-        return None
-    details = obj.get("prompt_tokens_details")
-    cached = count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
-    return Usage(int_field(obj, "prompt_tokens"), int_field(obj, "completion_tokens"), cached)
+def usage_from(obj: Any) -> TokenUsage | None:
+    """A chat `usage` object (`prompt_tokens`, `completion_tokens`, details)."""
+    return TokenUsage.from_reported(obj) if isinstance(obj, Mapping) and "prompt_tokens" in obj else None
 
 
-def _pick(event: Mapping[str, Any], seen: Usage | None) -> Usage | None:
+def _pick(event: Mapping[str, Any], seen: TokenUsage | None) -> TokenUsage | None:
     return usage_from(event.get("usage")) or seen
 
 
+def _ends(event: Mapping[str, Any]) -> StreamEnd | None:
+    return StreamEnd.ERROR if event.get("error") is not None else None
+
+
 class ChatShape(JsonShapeBase):
-    usage_from = staticmethod(usage_from)
     pick = staticmethod(_pick)
+    ends = staticmethod(_ends)
+    watch = re.compile(r'"usage"\s*:\s*\{|"error"\s*:')
+    done = "[DONE]"
 
     name: ApiName = "chat"
     suffix = "chat/completions"
@@ -96,7 +101,7 @@ class ChatShape(JsonShapeBase):
     def error_body(self, err: RoutecarError) -> dict[str, Any]:
         return err.to_openai()
 
-    def stream_error(self, message: str) -> bytes:
+    def stream_error(self, message: str, after: UsageReader | None = None) -> bytes:
         """An in-stream error the OpenAI SDK raises as APIError: never a silent clean end."""
         err = {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted",
                          "param": None}}

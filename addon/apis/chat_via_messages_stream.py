@@ -24,7 +24,7 @@ from .chat import CHAT
 from .chat_via_messages import completion_id, finish_reason, usage_to_chat
 from .messages import usage_from
 from .sse import DONE, SSEEvent, encode
-from .stream import SSETranslator, error_text, event_json
+from .stream import TRUNCATED, SSETranslator, StreamTruncated, error_text, event_json
 
 
 class MessagesToChatStream(SSETranslator):
@@ -35,6 +35,7 @@ class MessagesToChatStream(SSETranslator):
                                       "created": int(now()), "model": ""}
         self._tools: dict[int, int] = {}      # block index -> tool_calls index
         self._raw_usage: dict[str, Any] = {}  # Anthropic usage, merged as events restate it
+        self._stopped = False                 # message_stop came
 
     def _chunk(self, delta: Mapping[str, Any], finish: str | None = None) -> bytes:
         return encode({**self._base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
@@ -69,6 +70,7 @@ class MessagesToChatStream(SSETranslator):
             delta = obj(data.get("delta"))
             return [self._chunk({}, finish_reason(delta.get("stop_reason")))]
         if kind == "message_stop":
+            self._stopped = True
             return self._finish()
         if kind == "error":
             return [self.fail(error_text(data))]
@@ -85,15 +87,13 @@ class MessagesToChatStream(SSETranslator):
                                                      "function": {"arguments": args}}]})]
         return []
 
-    def _finish(self) -> list[bytes]:
-        self._over = True
+    def _end(self) -> list[bytes]:
+        if not self._stopped:   # EOF before message_stop
+            raise StreamTruncated(TRUNCATED)
         out = []
         if self._include_usage:
             out.append(encode({**self._base, "choices": [], "usage": usage_to_chat(self._raw_usage)}))
         return out + [DONE]
-
-    def _end(self) -> list[bytes]:
-        return [self._error("routecar: the provider's stream ended before the answer was complete")]
 
     def _error(self, message: str) -> bytes:
         return CHAT.stream_error(message)

@@ -10,13 +10,16 @@ Errors: `{"type": "error", "error": {"type": ..., "message": ...}}`.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import RoutecarError
 from ..policy.request import RequestProfile, content_size
-from .base import (JsonShapeBase, ApiName, Usage, count, estimate_tokens, int_field, json_size,
-                   model_of, path_matches)
+from ..usage import TokenUsage
+from .base import (JsonShapeBase, ApiName, StreamEnd, UsageReader, count, estimate_tokens, json_size, model_of,
+                   path_matches)
 from .sse import encode
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -38,28 +41,33 @@ def error_object(status: int, message: str, **extra: Any) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type(status), "message": message, **extra}}
 
 
-def usage_from(obj: Any, seen: Usage | None = None) -> Usage | None:
-    """An Anthropic `usage` object as Usage; fields it lacks keep `seen`'s values
-    (a `message_delta` restates output tokens and maybe input tokens)."""
+_INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def usage_from(obj: Any, seen: TokenUsage | None = None) -> TokenUsage | None:
+    """An Anthropic `usage` object; the input counts it lacks keep `seen`'s (a `message_delta`
+    restates output tokens, and input tokens only sometimes)."""
     if not isinstance(obj, Mapping) or count(obj.get("output_tokens")) is None:
         return seen
-    has_input = any(count(obj.get(k)) is not None
-                    for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
-    if has_input or seen is None:
-        prompt = int_field(obj, "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-        cached = count(obj.get("cache_read_input_tokens"))
-    else:
-        prompt, cached = seen.prompt_tokens, seen.cached_tokens
-    return Usage(prompt, int_field(obj, "output_tokens"), cached)
+    usage = TokenUsage.from_reported(obj)
+    if seen is None or usage is None or any(count(obj.get(k)) is not None for k in _INPUT_KEYS):
+        return usage
+    return dataclasses.replace(usage, input=seen.input, cached_input=seen.cached_input,
+                               cache_write=seen.cache_write)
 
 
-def _pick(event: Mapping[str, Any], seen: Usage | None) -> Usage | None:
+def _pick(event: Mapping[str, Any], seen: TokenUsage | None) -> TokenUsage | None:
     if event.get("type") == "message_start":
         message = event.get("message")
         return usage_from(message.get("usage") if isinstance(message, Mapping) else None, seen)
     if event.get("type") == "message_delta":
         return usage_from(event.get("usage"), seen)
     return seen
+
+
+def _ends(event: Mapping[str, Any]) -> StreamEnd | None:
+    kind = event.get("type")
+    return StreamEnd.COMPLETE if kind == "message_stop" else StreamEnd.ERROR if kind == "error" else None
 
 
 def _block_size(block: Mapping[str, Any]) -> tuple[int, bool]:
@@ -74,8 +82,9 @@ def _block_size(block: Mapping[str, Any]) -> tuple[int, bool]:
 
 
 class MessagesShape(JsonShapeBase):
-    usage_from = staticmethod(usage_from)
     pick = staticmethod(_pick)
+    ends = staticmethod(_ends)
+    watch = re.compile(r'"usage"\s*:\s*\{|"type"\s*:\s*"(?:message_stop|error)"')
 
     name: ApiName = "messages"
     suffix = "messages"
@@ -139,7 +148,7 @@ class MessagesShape(JsonShapeBase):
         (the one mapping, `RoutecarError.to_anthropic`)."""
         return err.to_anthropic()
 
-    def stream_error(self, message: str) -> bytes:
+    def stream_error(self, message: str, after: UsageReader | None = None) -> bytes:
         return encode(error_object(502, message), "error")
 
 

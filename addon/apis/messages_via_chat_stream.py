@@ -25,7 +25,7 @@ from .chat import usage_from
 from .messages import MESSAGES
 from .messages_via_chat import message_id, stop_reason, usage_to_messages
 from .sse import SSEEvent, encode_typed
-from .stream import SSETranslator, error_text, event_json
+from .stream import TRUNCATED, SSETranslator, StreamTruncated, error_text, event_json
 
 
 class ChatToMessagesStream(SSETranslator):
@@ -108,7 +108,7 @@ class ChatToMessagesStream(SSETranslator):
 
     def _end(self) -> list[bytes]:
         if self._stop is None:   # EOF before the provider said it had finished
-            return [self._error("routecar: the provider's stream ended before the answer was complete")]
+            raise StreamTruncated(TRUNCATED)
         out = self._start({}) + self._close_block()
         usage = usage_to_messages(self._chat_usage)
         out.append(encode_typed({"type": "message_delta",

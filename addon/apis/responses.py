@@ -12,14 +12,16 @@ that speaks Responses natively.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import RoutecarError
 from ..policy.request import RequestProfile, content_size
-from .base import (JsonShapeBase, ApiName, Usage, count, estimate_tokens, int_field, json_size,
-                   model_of, path_matches)
-from .sse import encode_typed
+from ..usage import TokenUsage
+from .base import (JsonShapeBase, ApiName, SSEUsageReader, StreamEnd, UsageReader, count, estimate_tokens,
+                   json_size, model_of, path_matches)
+from .sse import SSEEvent, encode_typed
 
 # Request fields that need OpenAI's server-side state.
 STATEFUL_FIELDS = ("previous_response_id", "conversation", "prompt")
@@ -29,19 +31,46 @@ TEXT_PARTS = frozenset({"input_text", "output_text", "refusal", "text"})   # ima
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
-def usage_from(obj: Any) -> Usage | None:
-    if not isinstance(obj, Mapping) or count(obj.get("input_tokens")) is None:
-        return None
-    details = obj.get("input_tokens_details")
-    cached = count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
-    return Usage(int_field(obj, "input_tokens"), int_field(obj, "output_tokens"), cached)
+def usage_from(obj: Any) -> TokenUsage | None:
+    return TokenUsage.from_reported(obj) if isinstance(obj, Mapping) and "input_tokens" in obj else None
 
 
-def _pick(event: Mapping[str, Any], seen: Usage | None) -> Usage | None:
+def _pick(event: Mapping[str, Any], seen: TokenUsage | None) -> TokenUsage | None:
     if event.get("type") in TERMINAL_EVENTS:
         response = event.get("response")
         return (usage_from(response.get("usage")) if isinstance(response, Mapping) else None) or seen
     return seen
+
+
+def _ends(event: Mapping[str, Any]) -> StreamEnd | None:
+    """`response.completed` / `response.incomplete` end a stream that did its work; `response.failed`
+    and `error` are the provider reporting that it did not."""
+    kind = event.get("type")
+    if kind in ("response.completed", "response.incomplete"):
+        return StreamEnd.COMPLETE
+    return StreamEnd.ERROR if kind in ("response.failed", "error") else None
+
+
+_WATCH = re.compile(r'"usage"\s*:\s*\{|"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
+_SEQUENCE = re.compile(r'"sequence_number"\s*:\s*(\d+)')
+
+
+class ResponsesReader(SSEUsageReader):
+    """Also keeps the last `sequence_number` seen, so that an error event routecar adds to a
+    native stream continues its sequence."""
+
+    __slots__ = ("last_sequence",)
+
+    def __init__(self) -> None:
+        super().__init__(_pick, _ends, _WATCH)
+        self.last_sequence: int | None = None
+
+    def _event(self, ev: SSEEvent) -> None:
+        super()._event(ev)
+        m = _SEQUENCE.search(ev.data)
+        if m is not None:
+            n = int(m.group(1))
+            self.last_sequence = n if self.last_sequence is None else max(n, self.last_sequence)
 
 
 def _item_size(item: Mapping[str, Any]) -> tuple[int, bool]:
@@ -65,8 +94,9 @@ def input_items(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 class ResponsesShape(JsonShapeBase):
-    usage_from = staticmethod(usage_from)
     pick = staticmethod(_pick)
+    ends = staticmethod(_ends)
+    watch = _WATCH
 
     name: ApiName = "responses"
     suffix = "responses"
@@ -121,11 +151,14 @@ class ResponsesShape(JsonShapeBase):
     def error_body(self, err: RoutecarError) -> dict[str, Any]:
         return err.to_openai()
 
-    def stream_error(self, message: str) -> bytes:
-        """The Responses `error` event. Its `sequence_number` is not known to the relay
-        (it did not count the provider's events): 0."""
+    def usage_reader(self) -> ResponsesReader:
+        return ResponsesReader()
+
+    def stream_error(self, message: str, after: UsageReader | None = None) -> bytes:
+        """The Responses `error` event; after the events `after` saw, the next `sequence_number`."""
+        last = after.last_sequence if isinstance(after, ResponsesReader) else None
         return encode_typed({"type": "error", "code": "stream_interrupted", "message": message, "param": None,
-                             "sequence_number": 0})
+                             "sequence_number": 0 if last is None else last + 1})
 
 
 RESPONSES = ResponsesShape()

@@ -31,7 +31,7 @@ from .chat import usage_from
 from .responses_via_chat import (INCOMPLETE, IdMaker, call_item, message_item, random_id, response_object,
                                  usage_to_responses)
 from .sse import SSEEvent, encode_typed
-from .stream import MAX_ANSWER, SSETranslator, StreamFailure, error_text, event_json
+from .stream import MAX_ANSWER, TRUNCATED, SSETranslator, StreamFailure, StreamTruncated, error_text, event_json
 
 
 @dataclass
@@ -185,7 +185,7 @@ class ChatToResponsesStream(SSETranslator):
 
     def _end(self) -> list[bytes]:
         if self._finish_reason is None:
-            return [self._error("routecar: the provider's stream ended before the answer was complete")]
+            raise StreamTruncated(TRUNCATED)
         out: list[bytes] = []
         if not self._started:
             self._started = True

@@ -30,14 +30,14 @@ import aiohttp
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1
 
-from ..apis import SHAPES
+from ..apis import SHAPES, Reshape
 from ..bodies import identity_body, parse_body
 from ..engine import Engine, client_api_keys
 from ..errors import RoutecarError, ShuttingDown
 from ..governance import LOCAL_HOST, ROUTING_HEADERS, Governance, Kind, check_routing_headers, has_routing_header
 from ..keyscrub import KeyScrubber
 from ..policy import Decision
-from ..relay import Relay, Reshape, StreamStats, stream_health
+from ..relay import Relay, StreamStats, stream_health
 from ..traces.process import ProcessTraceWriter
 from ..traces.store import default_traces_path
 from ..traces.writer import TraceWriter

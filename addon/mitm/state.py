@@ -7,12 +7,13 @@ No hooks here; `router.py` calls these.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..apis import API_NAMES, ApiName
+from ..apis import API_NAMES, ApiName, StreamEnd
 from ..catalog import CatalogEntry
 from ..engine import Engine, Resolved
 from ..governance import Disposition, ErrorFormat, Kind, Verdict
@@ -119,14 +120,22 @@ def outcome(state: Routed, stats: StreamStats | None) -> tuple[str, Disposition]
         return "stream_broken", Disposition.FAILED
     if stats is not None and stats.client_gone:
         return "client_gone", Disposition.ROUTED
+    if stats is not None and stats.end is StreamEnd.TRUNCATED:   # ended without its terminal marker
+        return "stream_truncated", Disposition.FAILED
+    if stats is not None and stats.end is StreamEnd.ERROR:       # the provider's own error event
+        return "stream_broken", Disposition.FAILED
     return ("ok" if res.status < 400 else "provider_error"), Disposition.ROUTED
 
 
 def answer_facts(state: Routed, stats: StreamStats | None) -> ResponseFacts:
-    """Usage, model and finish reasons of the answer (a stream: from its last bytes)."""
+    """Usage, model and finish reasons of the answer. A stream's usage is what its shape's
+    reader saw over the whole stream; model and finish reasons come from its last bytes."""
     res = state.result
     assert res is not None
-    return response_facts(bytes(stats.tail) if stats is not None else res.body)
+    facts = response_facts(bytes(stats.tail) if stats is not None else res.body)
+    if stats is not None and stats.usage is not None:
+        facts = dataclasses.replace(facts, usage=stats.usage)
+    return facts
 
 
 def answering_entry(state: Routed) -> CatalogEntry | None:
