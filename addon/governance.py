@@ -18,13 +18,19 @@ ungoverned ones untouched. Decision table, first match wins:
                                                   clean path under an operator   PASSTHROUGH
                                                     passthrough prefix
                                                   exactly <base><suffix> of a    ROUTE / ANSWER
-                                                    Shape, its method, no query
-                                                  that path with a query         REFUSE 400
+                                                    Shape, its method, no query or
+                                                    exactly one the Shape accepts
+                                                  that path with another query   REFUSE 400
                                                   that path, another method      REFUSE 405
                                                   anything else                  REFUSE 404
 
 Paths are compared as sent, byte for byte: a trailing slash, another case, `;x=1`,
-percent-encoding, dot segments or `//` are other paths, hence refused. A new API
+percent-encoding, dot segments or `//` are other paths, hence refused. So are query
+strings: a query can change what a provider does, and routecar builds the provider's
+URL itself. The one exception is a query an official SDK always sends that means
+nothing to routing (`Shape.queries`, compared byte for byte: the anthropic SDK's
+`client.beta.messages` calls `POST /v1/messages?beta=true`); it is accepted and
+dropped, never forwarded. A new API
 shape plugs in as one more `Shape` (e.g. `Shape("POST", "/responses", Kind.ROUTE,
 "responses")`, or `Shape("GET", "/models", Kind.ANSWER, "models")` for the list of
 models routecar answers itself) and a branch in the router for its `api`.
@@ -85,12 +91,17 @@ class Shape:
     suffix: str      # after the base path, e.g. "/chat/completions"
     kind: Kind       # ROUTE or ANSWER
     api: str         # the router's name for it, e.g. "chat"
+    queries: frozenset[str] = frozenset()   # the exact query strings accepted (and dropped)
 
+
+# The anthropic SDK's `client.beta.messages.create/stream` mark their calls `?beta=true`
+# (its beta features travel in the `anthropic-beta` header, which is forwarded).
+ANTHROPIC_BETA = "beta=true"
 
 SHAPES: tuple[Shape, ...] = (
     Shape("POST", "/chat/completions", Kind.ROUTE, "chat"),
     Shape("POST", "/responses", Kind.ROUTE, "responses"),
-    Shape("POST", "/messages", Kind.ROUTE, "messages"),
+    Shape("POST", "/messages", Kind.ROUTE, "messages", frozenset({ANTHROPIC_BETA})),
     Shape("GET", "/models", Kind.ANSWER, "models"),   # the caller's policy's entries (Engine.models)
 )
 
@@ -207,15 +218,16 @@ class Governance:
         override = [h for h in OVERRIDE_HEADERS if h in headers]
         if override:
             return refuse(400, f"{min(override)} is not accepted: the request line alone says what is called")
-        bare, sep, _query = path.partition("?")
+        bare, sep, query = path.partition("?")
         if self._passthrough(bare):
             return Verdict(Kind.PASSTHROUGH)
         shape = self._paths.get(bare)
         if shape is not None:
             if method != shape.method:
                 return refuse(405, f"{method} {bare}: only {shape.method} is supported")
-            if sep:
-                return refuse(400, f"{bare} takes no query string (routecar builds the provider's URL)")
+            if sep and query not in shape.queries:
+                but = f" but {' or '.join('?' + q for q in sorted(shape.queries))}" if shape.queries else ""
+                return refuse(400, f"{bare} takes no query string{but} (routecar builds the provider's URL)")
             return Verdict(shape.kind, api=shape.api)
         return refuse(404, self._why(method, path))
 

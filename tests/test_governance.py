@@ -53,13 +53,50 @@ def test_a_near_spelling_is_explained():
 # -- query strings on the routed path: refused (routecar builds the provider's URL itself) --------
 
 QUERIES = ["/v1/chat/completions?x=1", "/v1/chat/completions?", "/v1/chat/completions?api-version=2024-10-21",
-           "/v1/chat/completions?/../responses", "/v1/chat/completions?_method=GET"]
+           "/v1/chat/completions?/../responses", "/v1/chat/completions?_method=GET",
+           # the anthropic SDK's beta marker is accepted exactly as it sends it, on Messages only
+           "/v1/messages?beta=true&beta=true", "/v1/messages?BETA=true", "/v1/messages?Beta=true",
+           "/v1/messages?beta=TRUE", "/v1/messages?beta=True", "/v1/messages?beta=1", "/v1/messages?beta=false",
+           "/v1/messages?beta", "/v1/messages?beta=", "/v1/messages?beta=true&x=1", "/v1/messages?x=1&beta=true",
+           "/v1/messages?beta=true&", "/v1/messages?&beta=true", "/v1/messages?beta=true;x=1",
+           "/v1/messages?beta=%74rue", "/v1/messages?%62eta=true", "/v1/messages?beta%3Dtrue",
+           "/v1/messages?beta=true%00", "/v1/messages?beta=true%20", "/v1/messages?beta+=true",
+           "/v1/messages??beta=true", "/v1/messages?beta=true#", "/v1/messages?beta=true?",
+           "/v1/messages?beta==true", "/v1/messages?beta=true/../../v1/responses",
+           "/v1/messages?\uff42eta=true", "/v1/messages? beta=true",
+           "/v1/chat/completions?beta=true", "/v1/responses?beta=true"]
 
 
 @pytest.mark.parametrize("path", QUERIES)
 def test_query_on_the_routed_path_is_refused(path):
     v = verdict(path=path)
     assert (v.kind, v.status) == (Kind.REFUSE, 400) and "query" in v.reason
+
+
+# exactly what `client.beta.messages.create/stream` sends, at every base path
+BETA_ACCEPTED = ["/v1/messages?beta=true", "/openai/v1/messages?beta=true", "/v1beta/openai/messages?beta=true"]
+
+
+@pytest.mark.parametrize("path", BETA_ACCEPTED)
+def test_the_anthropic_sdks_beta_marker_is_routed_as_messages(path):
+    assert verdict(path=path, host="api.anthropic.com") == Verdict(Kind.ROUTE, api="messages")
+    assert verdict(path=path, host="127.0.0.1", mode="reverse") == Verdict(Kind.ROUTE, api="messages")
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("GET", "/v1/messages?beta=true", 405), ("post", "/v1/messages?beta=true", 405),
+    ("POST", "/v1/messages/?beta=true", 404), ("POST", "/V1/messages?beta=true", 404),
+    ("POST", "/v1/messages/count_tokens?beta=true", 404), ("POST", "/v1/messages;x=1?beta=true", 404),
+    ("POST", "/v1/models?beta=true", 405),
+])
+def test_the_beta_marker_does_not_open_other_paths_or_methods(method, path, status):
+    v = verdict(method=method, path=path, host="api.anthropic.com")
+    assert (v.kind, v.status, v.error_format) == (Kind.REFUSE, status, "anthropic")
+
+
+def test_a_refused_query_names_what_is_accepted():
+    assert "takes no query string but ?beta=true" in verdict(path="/v1/messages?beta=1").reason
+    assert "takes no query string (" in verdict(path="/v1/chat/completions?beta=true").reason
 
 
 # -- other methods on the routed path: 405 ----------------------------------------------------------
@@ -281,4 +318,5 @@ def test_shipped_shapes_route_responses_and_messages_and_answer_models():
     assert verdict(host="api.anthropic.com", path="/v1/messages") == Verdict(Kind.ROUTE, api="messages")
     assert verdict(method="GET", path="/v1/models") == Verdict(Kind.ANSWER, api="models")
     assert verdict(method="GET", path="/v1/responses").status == 405
-    assert verdict(path="/v1/messages?beta=true").kind is Kind.REFUSE
+    assert verdict(path="/v1/messages?beta=true") == Verdict(Kind.ROUTE, api="messages")   # anthropic SDK beta
+    assert verdict(path="/v1/messages?beta=1").kind is Kind.REFUSE

@@ -31,14 +31,18 @@ TOOL = {"name": "get_weather", "description": "weather", "input_schema": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
-def ant(side: Sidecar, policy: str | None = None, key: str = "sk-ant-app-own-key-123456") -> anthropic.Anthropic:
+def ant(side: Sidecar, policy: str | None = None, key: str = "sk-ant-app-own-key-123456",
+        urls: list[str] | None = None) -> anthropic.Anthropic:
     """The anthropic SDK as an unmodified app has it: api.anthropic.com through HTTPS_PROXY,
-    or the sidecar as its base URL in reverse mode."""
+    or the sidecar as its base URL in reverse mode. `urls` collects the URL of every request
+    the SDK sends."""
     headers = {"X-Route-Policy": policy} if policy else None
+    hooks = {"request": [lambda r: urls.append(str(r.url))]} if urls is not None else None
     if side.mode == "reverse":
         return anthropic.Anthropic(base_url=side.url, api_key=key, max_retries=0, timeout=20,
-                                   default_headers=headers)
-    http_client = anthropic.DefaultHttpxClient(proxy=side.url,
+                                   default_headers=headers,
+                                   http_client=anthropic.DefaultHttpxClient(event_hooks=hooks) if hooks else None)
+    http_client = anthropic.DefaultHttpxClient(proxy=side.url, event_hooks=hooks,
                                                verify=ssl.create_default_context(cafile=str(side.ca)))
     return anthropic.Anthropic(base_url="https://api.anthropic.com", api_key=key, max_retries=0, timeout=20,
                                http_client=http_client, default_headers=headers)
@@ -140,6 +144,60 @@ def test_messages_stream_native_and_translated(sidecar, fake, policy, provider):
     t = wait_trace(side, latest_trace(side))
     assert t["api_in"] == "messages" and t["api_out"] == ("messages" if provider == "anthropic" else "chat")
     assert t["completion_tokens"] == final.usage.output_tokens
+
+
+# The anthropic TypeScript SDK's (and Claude Code's) `client.beta.messages.create/stream` post to
+# `/v1/messages?beta=true`, as older Python SDKs did; the Python SDK 2.x keeps that marker to
+# itself (`qualifiers`) and posts to `/v1/messages`. Both are sent here with the real Python SDK.
+BETA_WIRES = [(None, "/v1/messages"), ({"beta": "true"}, "/v1/messages?beta=true")]
+
+
+@pytest.mark.parametrize("query,sent", BETA_WIRES, ids=["python-sdk", "typescript-sdk-wire"])
+@pytest.mark.parametrize("mode,policy,provider", [("regular", ANTHROPIC, "anthropic"),
+                                                   ("regular", MISTRAL, "mistral"),
+                                                   ("reverse", ANTHROPIC, "anthropic")])
+def test_beta_messages_are_routed_like_messages(sidecar, fake, mode, policy, provider, query, sent):
+    """`client.beta.messages.create/stream`: routed like /v1/messages, the `?beta=true` marker never
+    forwarded, the app's `anthropic-beta` kept on a native call."""
+    side = sidecar(mode=mode)
+    urls: list[str] = []
+    client = ant(side, policy, urls=urls)
+    raw = client.beta.messages.with_raw_response.create(
+        model="claude-whatever", max_tokens=100, messages=USER, betas=["token-efficient-tools-2025-02-19"],
+        extra_query=query)
+    msg = raw.parse()
+    assert urls[-1].endswith(sent)   # what the SDK really sent
+    assert msg.content[0].text.startswith(f"[fake:{provider}]") and raw.headers["x-route-provider"] == provider
+    rec = last(fake, provider)
+    assert rec["query_string"] == "" and "beta" not in rec["raw_path"]   # routecar builds the provider's URL
+    if provider == "anthropic":
+        assert hdrs(rec)["anthropic-beta"] == "token-efficient-tools-2025-02-19"
+    t = wait_trace(side, raw.headers["x-route-trace-id"])
+    assert (t["api_in"], t["api_out"], t["outcome"]) == (
+        "messages", "messages" if provider == "anthropic" else "chat", "ok")
+    with client.beta.messages.stream(model="claude-whatever", max_tokens=100, messages=USER,
+                                     extra_query=query) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+        trace_id = stream.response.headers["x-route-trace-id"]
+    assert urls[-1].endswith(sent)
+    assert text.startswith(f"[fake:{provider}]") and final.stop_reason == "end_turn"
+    t = wait_trace(side, trace_id)
+    assert t["outcome"] == "ok" and t["completion_tokens"] == final.usage.output_tokens
+    assert all(r["query_string"] == "" for r in fake.requests(provider))
+
+
+def test_other_queries_on_messages_are_refused_in_anthropic_format(sidecar, fake):
+    """Anything but the exact marker can change what a provider does: refused, visibly."""
+    side = sidecar()
+    client = ant(side, ANTHROPIC)
+    for query in ({"beta": "true", "x": "1"}, {"beta": "1"}, {"BETA": "true"}):
+        with pytest.raises(anthropic.BadRequestError) as e:
+            client.messages.create(model="m", max_tokens=10, messages=USER, extra_query=query)
+        body = e.value.body
+        assert body["type"] == "error" and body["error"]["code"] == "unsupported_endpoint", query
+        assert "query string" in body["error"]["message"] and e.value.response.headers["x-route-trace-id"]
+    assert fake.requests("anthropic") == []
 
 
 def test_messages_errors_in_anthropic_format(sidecar, fake):
