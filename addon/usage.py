@@ -1,6 +1,6 @@
 """What a provider said about an answer: token usage, model, id, finish reasons.
 
-    TokenUsage       the reported usage in one spelling for every API shape (what pricing takes)
+    TokenUsage       the reported usage in one spelling for every API shape (what apis/ reads, pricing takes)
     ResponseFacts    usage + response model + id + finish reasons (what traces, metrics and spans show)
     response_facts   a whole JSON answer or the tail of an SSE stream -> ResponseFacts
 
@@ -13,8 +13,11 @@
     Anthropic         input_tokens (uncached only), cache_read_input_tokens,
                       cache_creation_input_tokens, output_tokens
 
-Per-shape extraction may move next to the API shapes (addon/apis/); pricing only
-ever sees a `TokenUsage`. Nothing here is content: no message text is read or kept.
+`TokenUsage` is the one usage type: the API shapes (addon/apis/) read a stream's
+usage into it as the stream passes, whole (their usage readers), and pricing takes
+it. `response_facts` reads the rest of what an answer says (model, id, finish
+reasons) from a whole answer or a stream's last bytes. Nothing here is content: no
+message text is read or kept.
 """
 
 from __future__ import annotations
