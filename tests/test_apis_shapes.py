@@ -131,6 +131,11 @@ def test_tool_calls_and_results_count_in_the_prompt() -> None:
                                             {"type": "bash_20250124", "name": "bash"}],
                   "mcp_servers": [{"url": "https://x"}], "container": "c1"},
      ("mcp_servers", "container", "tool:web_search_20250305", "tool:bash_20250124")),
+    # fields a translation does not know (beta features among them) are never dropped silently
+    ("messages", {"messages": [], "context_management": {"edits": []}, "output_config": {"format": {}},
+                  "inference_geo": "eu", "mcp_servers": [], "fallbacks": None, "top_k": 5, "thinking": {},
+                  "cache_control": {"type": "ephemeral"}, "service_tier": "auto", "metadata": {"user_id": "u"}},
+     ("field:context_management", "field:output_config", "field:inference_geo")),
     ("messages", {"messages": [{"role": "user", "content": [
         {"type": "document", "source": {}}, {"type": "image", "source": {"type": "file", "file_id": "f"}},
         {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]},

@@ -26,6 +26,14 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 # Content blocks a chat provider can be given (translated); any other needs Anthropic.
 TRANSLATABLE_BLOCKS = frozenset({"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"})
+# Request fields a translation carries, or drops knowingly (`top_k`, `thinking`, `cache_control`,
+# `service_tier`: they change no routing guarantee and have no equivalent). Any other field the app
+# sent (a beta feature such as `context_management`, `output_config`, `inference_geo`) needs a
+# Messages provider: a translation would drop it silently.
+TRANSLATABLE_FIELDS = frozenset({"model", "messages", "system", "max_tokens", "temperature", "top_p", "top_k",
+                                 "stop_sequences", "stream", "tools", "tool_choice", "metadata", "thinking",
+                                 "cache_control", "service_tier"})
+_NATIVE_FIELDS = ("mcp_servers", "container")
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -118,11 +126,14 @@ class MessagesShape(JsonShapeBase):
     def native_only(self, body: Mapping[str, Any]) -> tuple[str, ...]:
         """What only Anthropic can serve: its server and built-in tools (web search, code
         execution, bash, text editor, computer use), MCP servers, containers, documents,
-        images given by file id, images inside tool results."""
+        images given by file id, images inside tool results, and any request field a
+        translation does not know (`field:NAME`)."""
         reasons: list[str] = []
-        for key in ("mcp_servers", "container"):
+        for key in _NATIVE_FIELDS:
             if body.get(key):
                 reasons.append(key)
+        reasons += [f"field:{k}" for k, v in body.items()
+                    if v is not None and k not in TRANSLATABLE_FIELDS and k not in _NATIVE_FIELDS]
         tools = body.get("tools")
         for tool in tools if isinstance(tools, list) else ():
             if isinstance(tool, Mapping) and tool.get("type") not in (None, "custom"):

@@ -187,6 +187,28 @@ def test_beta_messages_are_routed_like_messages(sidecar, fake, mode, policy, pro
     assert all(r["query_string"] == "" for r in fake.requests(provider))
 
 
+def test_a_beta_feature_a_translation_would_drop_goes_to_a_messages_provider_only(sidecar, fake):
+    """A beta field the chat translation does not carry (`context_management`) makes the request
+    native-only: never sent to a chat provider without it, refused visibly if nothing else is allowed."""
+    side = sidecar()
+    kw: dict[str, Any] = {"model": "claude-whatever", "max_tokens": 50, "messages": USER,
+                          "betas": ["context-management-2025-06-27"],
+                          "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}
+    with pytest.raises(anthropic.BadRequestError) as e:
+        ant(side, MISTRAL).beta.messages.create(**kw)
+    dropped = {d["id"]: d["failed"]["id"] for d in e.value.body["error"]["dropped"]}
+    assert e.value.body["error"]["code"] == "no_candidate" and dropped["mistral/mistral-small-3"] == "fit:api"
+    mistral_first = json.dumps({"rules": [["in", "id", ["anthropic/claude-haiku-4-5", "mistral/mistral-small-3"]]],
+                                "rank": [["desc", "id"]]})
+    raw = ant(side, mistral_first).beta.messages.with_raw_response.create(**kw)
+    assert raw.headers["x-route-provider"] == "anthropic" and raw.headers["x-route-attempts"] == "1"
+    assert last(fake, "anthropic")["body"]["context_management"] == kw["context_management"]
+    assert fake.requests("mistral") == []
+    kw.pop("context_management")   # the same call without it may be translated
+    raw = ant(side, mistral_first).beta.messages.with_raw_response.create(**kw)
+    assert raw.headers["x-route-provider"] == "mistral"
+
+
 def test_other_queries_on_messages_are_refused_in_anthropic_format(sidecar, fake):
     """Anything but the exact marker can change what a provider does: refused, visibly."""
     side = sidecar()
