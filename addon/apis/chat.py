@@ -40,7 +40,7 @@ def _ends(event: Mapping[str, Any]) -> StreamEnd | None:
 class ChatShape(JsonShapeBase):
     pick = staticmethod(_pick)
     ends = staticmethod(_ends)
-    watch = re.compile(r'"usage"\s*:\s*\{|"error"\s*:')
+    watch = re.compile(r'"(?:usage"\s*:\s*\{|error"\s*:)')
     done = "[DONE]"
 
     name: ApiName = "chat"

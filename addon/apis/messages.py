@@ -92,7 +92,7 @@ def _block_size(block: Mapping[str, Any]) -> tuple[int, bool]:
 class MessagesShape(JsonShapeBase):
     pick = staticmethod(_pick)
     ends = staticmethod(_ends)
-    watch = re.compile(r'"usage"\s*:\s*\{|"type"\s*:\s*"(?:message_stop|error)"')
+    watch = re.compile(r'"(?:usage"\s*:\s*\{|type"\s*:\s*"(?:message_stop|error)")')
 
     name: ApiName = "messages"
     suffix = "messages"

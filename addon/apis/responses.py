@@ -51,26 +51,29 @@ def _ends(event: Mapping[str, Any]) -> StreamEnd | None:
     return StreamEnd.ERROR if kind in ("response.failed", "error") else None
 
 
-_WATCH = re.compile(r'"usage"\s*:\s*\{|"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
+_WATCH = re.compile(r'"(?:usage"\s*:\s*\{|type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)")')
 _SEQUENCE = re.compile(r'"sequence_number"\s*:\s*(\d+)')
 
 
 class ResponsesReader(SSEUsageReader):
-    """Also keeps the last `sequence_number` seen, so that an error event routecar adds to a
-    native stream continues its sequence."""
+    """Also keeps the last event seen, so that an error event routecar adds to a native stream
+    continues its sequence (read only then: nothing more per event than keeping it)."""
 
-    __slots__ = ("last_sequence",)
+    __slots__ = ("_last",)
 
     def __init__(self) -> None:
         super().__init__(_pick, _ends, _WATCH)
-        self.last_sequence: int | None = None
+        self._last = ""
 
     def _event(self, ev: SSEEvent) -> None:
         super()._event(ev)
-        m = _SEQUENCE.search(ev.data)
-        if m is not None:
-            n = int(m.group(1))
-            self.last_sequence = n if self.last_sequence is None else max(n, self.last_sequence)
+        self._last = ev.data
+
+    @property
+    def last_sequence(self) -> int | None:
+        """The `sequence_number` of the last event seen (None before any, or if it had none)."""
+        m = _SEQUENCE.search(self._last)
+        return int(m.group(1)) if m is not None else None
 
 
 def _item_size(item: Mapping[str, Any]) -> tuple[int, bool]:
