@@ -66,7 +66,8 @@ CASES = [
     # (caller, provider, payload, alteration, end)
     ("chat", "chat", "chat/stream_text.sse", same, COMPLETE),
     ("chat", "chat", "chat/stream_tool_calls.sse", same, COMPLETE),
-    ("chat", "chat", "chat/stream_text.sse", without(b"[DONE]"), TRUNCATED),
+    ("chat", "chat", "chat/stream_text.sse", without(b"[DONE]"), COMPLETE),   # its finish_reason came
+    ("chat", "chat", "chat/stream_text.sse", lambda b: without(b"[DONE]")(b).replace(b'"stop"', b"null"), TRUNCATED),
     ("chat", "chat", "chat/stream_text.sse", first(3), TRUNCATED),
     ("chat", "chat", "chat/stream_error.sse", same, ERROR),
     ("messages", "messages", "messages/stream_text.sse", same, COMPLETE),

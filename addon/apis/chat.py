@@ -34,13 +34,21 @@ def _pick(event: Mapping[str, Any], seen: TokenUsage | None) -> TokenUsage | Non
 
 
 def _ends(event: Mapping[str, Any]) -> StreamEnd | None:
-    return StreamEnd.ERROR if event.get("error") is not None else None
+    """An error chunk ends the stream in error; a chunk giving a choice its `finish_reason`
+    completes the answer, as it does for the chat translators: a provider that never sends
+    `[DONE]`, or a connection lost between the last answer chunk and it, is not a truncation."""
+    if event.get("error") is not None:
+        return StreamEnd.ERROR
+    choices = event.get("choices")
+    if isinstance(choices, list) and any(isinstance(c, Mapping) and c.get("finish_reason") for c in choices):
+        return StreamEnd.COMPLETE
+    return None
 
 
 class ChatShape(JsonShapeBase):
     pick = staticmethod(_pick)
     ends = staticmethod(_ends)
-    watch = re.compile(r'"(?:usage"\s*:\s*\{|error"\s*:)')
+    watch = re.compile(r'"(?:usage"\s*:\s*\{|error"\s*:|finish_reason"\s*:\s*")')
     done = "[DONE]"
 
     name: ApiName = "chat"
