@@ -243,7 +243,7 @@ def test_stream_health_reads_how_the_stream_ended(stats, verdict):
 
 @pytest.mark.parametrize("tail,end", [
     ([CHUNK % ("lo", '"stop"'), DONE], StreamEnd.COMPLETE),
-    ([CHUNK % ("lo", '"stop"')], StreamEnd.TRUNCATED),     # everything but [DONE]
+    ([CHUNK % ("lo", '"stop"')], StreamEnd.COMPLETE),      # everything but [DONE]: the answer finished
     ([CHUNK % ("lo", "null")], StreamEnd.TRUNCATED),       # cut cleanly mid-answer
     (['data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'], StreamEnd.ERROR),
 ])
