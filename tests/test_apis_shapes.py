@@ -148,6 +148,11 @@ def test_tool_calls_and_results_count_in_the_prompt() -> None:
      ("audio", "n", "logprobs", "functions", "web_search_options", "response_format:json_object",
       "content:input_audio", "content:file", "message:function")),
     ("chat", {"messages": [], "n": 1, "logprobs": False, "response_format": {"type": "json_schema"}}, ()),
+    ("chat", {"messages": [], "logit_bias": {"50256": -100}, "seed": 7, "presence_penalty": 0.5,
+              "store": False, "metadata": {"a": "b"}, "reasoning_effort": "low", "brand_new": 1, "gone": None},
+     ("field:logit_bias", "field:brand_new")),
+    ("responses", {"input": "hi", "include": ["reasoning.encrypted_content"], "store": False, "truncation": "auto",
+                   "text": {"verbosity": "low"}, "brand_new": {}}, ("field:include", "field:brand_new")),
 ])
 def test_native_only(shape: str, body: dict, reasons: tuple[str, ...]) -> None:
     assert SHAPES[shape].native_only(body) == reasons

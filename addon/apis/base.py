@@ -208,6 +208,13 @@ class SSEUsageReader:
         return self._end
 
 
+def unknown_fields(body: Mapping[str, Any], known: frozenset[str]) -> list[str]:
+    """`field:NAME` for each field of `body` (not null) a translation neither carries nor
+    drops knowingly: such a request needs a provider of its own shape, since a translation
+    would drop the field silently (a new or beta feature, `logit_bias`, `include`, ...)."""
+    return [f"field:{k}" for k, v in body.items() if v is not None and k not in known]
+
+
 def int_field(obj: Any, *names: str) -> int:
     """Sum of the integer fields `names` of a mapping (missing or bad ones count 0)."""
     if not isinstance(obj, Mapping):

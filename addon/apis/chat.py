@@ -18,10 +18,20 @@ from ..errors import RoutecarError
 from ..policy.request import RequestProfile, content_size
 from ..usage import TokenUsage
 from .base import (JsonShapeBase, ApiName, StreamEnd, UsageReader, count, estimate_tokens, json_size, model_of,
-                   path_matches)
+                   path_matches, unknown_fields)
 
 # Content part types a chat request may carry that no other shape can take.
 _NATIVE_PARTS = frozenset({"input_audio", "file", "audio"})
+# Request fields the chat -> Messages translation carries, or drops knowingly (sampling and
+# bookkeeping hints with no Messages equivalent that change no routing guarantee: `seed`, the
+# penalties, `store`, `metadata`, `service_tier`, `reasoning_effort`, `prediction`, ...), or that
+# `native_only` already names. Any other field (`logit_bias`, a new feature) needs a chat provider.
+TRANSLATABLE_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "tools",
+    "tool_choice", "parallel_tool_calls", "response_format", "stream", "stream_options", "user",
+    "n", "logprobs", "top_logprobs", "modalities", "audio", "functions", "function_call", "web_search_options",
+    "seed", "presence_penalty", "frequency_penalty", "store", "metadata", "service_tier", "reasoning_effort",
+    "prediction", "safety_identifier", "prompt_cache_key", "verbosity"})
 
 
 def usage_from(obj: Any) -> TokenUsage | None:
@@ -77,7 +87,8 @@ class ChatShape(JsonShapeBase):
 
     def native_only(self, body: Mapping[str, Any]) -> tuple[str, ...]:
         """What only a chat provider can serve: audio, several choices, logprobs, files,
-        legacy `functions`, provider-side web search, JSON mode without a schema."""
+        legacy `functions`, provider-side web search, JSON mode without a schema, and any
+        request field a translation does not know (`field:NAME`)."""
         reasons: list[str] = []
         modalities = body.get("modalities")
         if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
@@ -94,6 +105,7 @@ class ChatShape(JsonShapeBase):
         fmt = body.get("response_format")
         if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
             reasons.append("response_format:json_object")   # Messages can only be given a schema
+        reasons += unknown_fields(body, TRANSLATABLE_FIELDS)
         messages = body.get("messages")
         for m in messages if isinstance(messages, list) else ():
             if not isinstance(m, Mapping):

@@ -19,7 +19,7 @@ from ..errors import RoutecarError
 from ..policy.request import RequestProfile, content_size
 from ..usage import TokenUsage
 from .base import (JsonShapeBase, ApiName, StreamEnd, UsageReader, count, estimate_tokens, json_size, model_of,
-                   path_matches)
+                   path_matches, unknown_fields)
 from .sse import encode
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -132,8 +132,7 @@ class MessagesShape(JsonShapeBase):
         for key in _NATIVE_FIELDS:
             if body.get(key):
                 reasons.append(key)
-        reasons += [f"field:{k}" for k, v in body.items()
-                    if v is not None and k not in TRANSLATABLE_FIELDS and k not in _NATIVE_FIELDS]
+        reasons += unknown_fields(body, TRANSLATABLE_FIELDS | frozenset(_NATIVE_FIELDS))
         tools = body.get("tools")
         for tool in tools if isinstance(tools, list) else ():
             if isinstance(tool, Mapping) and tool.get("type") not in (None, "custom"):

@@ -20,7 +20,7 @@ from ..errors import RoutecarError
 from ..policy.request import RequestProfile, content_size
 from ..usage import TokenUsage
 from .base import (JsonShapeBase, ApiName, SSEUsageReader, StreamEnd, UsageReader, count, estimate_tokens,
-                   json_size, model_of, path_matches)
+                   json_size, model_of, path_matches, unknown_fields)
 from .sse import SSEEvent, encode_typed
 
 # Request fields that need OpenAI's server-side state.
@@ -28,6 +28,15 @@ STATEFUL_FIELDS = ("previous_response_id", "conversation", "prompt")
 # Input item types a chat provider can be given (translated); reasoning items are dropped.
 TRANSLATABLE_ITEMS = frozenset({"message", "function_call", "function_call_output", "reasoning"})
 TEXT_PARTS = frozenset({"input_text", "output_text", "refusal", "text"})   # images: in user messages only
+# Request fields the Responses -> chat translation carries, or drops knowingly (`store`,
+# `metadata`, `truncation`, `max_tool_calls`: bookkeeping, or about built-in tools, which are
+# native-only anyway), or that `native_only` names. Any other (`include`, a new feature) needs
+# a Responses provider.
+TRANSLATABLE_FIELDS = frozenset({
+    "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "parallel_tool_calls", "user",
+    "safety_identifier", "prompt_cache_key", "service_tier", "tools", "tool_choice", "text", "reasoning",
+    "top_logprobs", "stream", "stream_options", "store", "metadata", "truncation", "max_tool_calls", "background",
+    *STATEFUL_FIELDS})
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -128,6 +137,7 @@ class ResponsesShape(JsonShapeBase):
         reasons = [f for f in STATEFUL_FIELDS if body.get(f) is not None]
         if body.get("background") is True:
             reasons.append("background")
+        reasons += unknown_fields(body, TRANSLATABLE_FIELDS)
         tools = body.get("tools")
         for tool in tools if isinstance(tools, list) else ():
             if isinstance(tool, Mapping) and tool.get("type") != "function":
