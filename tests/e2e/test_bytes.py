@@ -288,7 +288,15 @@ def raw_call(side, version: str, connection: str | None, stream: bool, no_log: b
 
 
 def _complete_keepalive(data: bytes) -> bool:
-    return data.endswith(b"\r\n0\r\n\r\n")
+    """A whole answer has arrived: its last chunk, or as many body bytes as its Content-Length."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    fields = dict(line.partition(b":")[::2] for line in head.lower().split(b"\r\n")[1:])
+    if b"chunked" in fields.get(b"transfer-encoding", b""):
+        return data.endswith(b"\r\n0\r\n\r\n")
+    length = fields.get(b"content-length")
+    return length is not None and len(body) >= int(length)
 
 
 def dechunk(payload: bytes) -> bytes:
