@@ -1,6 +1,5 @@
 """OpenTelemetry: one span per governed call, exported over OTLP/HTTP.
 
-    otlp_endpoint(option, env) -> URL | None   where spans go (None: spans off)
     Spans(endpoint, env=...)                   a TracerProvider of its own (never the global one)
       .observe(outcome)                        one CLIENT span, GenAI semantic conventions
       .close()                                 flush and stop the export thread
@@ -39,10 +38,8 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as GA
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from .otelenv import export_timeout
 from .outcome import CallOutcome
-
-ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
-TRACES_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 
 # routecar provider name -> the conventions' well-known gen_ai.provider.name value.
 PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "google": "gcp.gemini",
@@ -51,32 +48,6 @@ PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "google": "gcp.g
 CONTENT_ATTRIBUTES = frozenset({GA.GEN_AI_INPUT_MESSAGES, GA.GEN_AI_OUTPUT_MESSAGES, GA.GEN_AI_SYSTEM_INSTRUCTIONS,
                                 GA.GEN_AI_PROMPT, GA.GEN_AI_COMPLETION, GA.GEN_AI_TOOL_CALL_ARGUMENTS,
                                 GA.GEN_AI_TOOL_CALL_RESULT, GA.GEN_AI_TOOL_DEFINITIONS})
-TRACE_HEADERS = ("traceparent", "tracestate")
-
-
-def otlp_endpoint(option: str, env: Mapping[str, str]) -> str | None:
-    """The OTLP/HTTP traces URL: the option (a collector base URL, like the standard
-    variable), else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, else
-    OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces. None when none is set or OTEL_SDK_DISABLED."""
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" and not option:
-        return None
-    if option:
-        base = option.strip()
-        return base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
-    if env.get(TRACES_ENDPOINT_ENV):
-        return env[TRACES_ENDPOINT_ENV].strip()
-    if env.get(ENDPOINT_ENV):
-        return env[ENDPOINT_ENV].strip().rstrip("/") + "/v1/traces"
-    return None
-
-
-def protocol_warning(env: Mapping[str, str]) -> str | None:
-    """routecar speaks OTLP/HTTP with protobuf only: say so when the environment asks for another."""
-    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "").strip()
-    if protocol and protocol != "http/protobuf":
-        return (f"routecar: OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported; spans are sent as "
-                f"http/protobuf (point the endpoint at the collector's OTLP/HTTP port, usually 4318)")
-    return None
 
 
 def _resource(env: Mapping[str, str]) -> Resource:
@@ -117,9 +88,10 @@ def _quiet_drop_warnings() -> None:
 
 class Spans:
     def __init__(self, endpoint: str, *, env: Mapping[str, str], exporter: SpanExporter | None = None,
-                 schedule_delay_ms: float | None = None, timeout_s: float = 5.0) -> None:
+                 schedule_delay_ms: float | None = None, timeout_s: float | None = None) -> None:
         self.endpoint = endpoint
         self.provider = TracerProvider(resource=_resource(env))
+        timeout_s = export_timeout(env) if timeout_s is None else timeout_s
         self.exporter = exporter or OTLPSpanExporter(endpoint=endpoint, timeout=timeout_s)
         self.provider.add_span_processor(BatchSpanProcessor(self.exporter, schedule_delay_millis=schedule_delay_ms))
         _quiet_drop_warnings()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .accesslog import AccessLog
 from .catalog import CatalogEntry
@@ -27,9 +27,12 @@ from .outcome import CallOutcome
 from .policy import Decision
 from .pricing import Cost, Pricer
 from .providers import MissingKey, missing_keys
-from .spans import Spans, otlp_endpoint
+from .otelenv import otlp_endpoint
 from .tenants.lookup import TenantLookup
 from .usage import TokenUsage
+
+if TYPE_CHECKING:
+    from .spans import Spans
 
 log = logging.getLogger("routecar")
 
@@ -61,9 +64,13 @@ class Telemetry:
     def build(cls, config: TelemetryConfig, env: Mapping[str, str],
               state: Callable[[], SidecarState] | None = None, pricer: Pricer | None = None) -> Telemetry:
         endpoint = otlp_endpoint(config.otlp_endpoint, env)
+        spans = None
+        if endpoint:
+            from .spans import Spans   # the OpenTelemetry SDK is loaded only by a sidecar that sends spans
+            spans = Spans(endpoint, env=env)
         return cls(pricer or Pricer(),
                    metrics=Metrics(tenant_label=config.metrics_tenant_label, state=state) if config.metrics else None,
-                   spans=Spans(endpoint, env=env) if endpoint else None,
+                   spans=spans,
                    access=AccessLog() if config.access_log else None)
 
     def cost(self, entry: CatalogEntry | None, usage: TokenUsage | None) -> Cost | None:

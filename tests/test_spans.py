@@ -10,7 +10,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from routecar.outcome import CallOutcome
 from routecar.pricing import Cost
-from routecar.spans import Spans, otlp_endpoint, protocol_warning
+from routecar.otelenv import export_timeout, otlp_endpoint, protocol_warning
+from routecar.spans import Spans
 from routecar.usage import ResponseFacts, TokenUsage
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -115,6 +116,45 @@ def test_no_log_never_has_content_attributes(spans, monkeypatch):
 ])
 def test_protocol_warning(env, warns):
     assert (protocol_warning(env) is not None) == warns
+
+
+@pytest.mark.parametrize("env, seconds", [
+    ({}, 5.0),
+    ({"OTEL_EXPORTER_OTLP_TIMEOUT": "0.5"}, 0.5),
+    ({"OTEL_EXPORTER_OTLP_TIMEOUT": "3", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "2"}, 2.0),
+    ({"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "soon", "OTEL_EXPORTER_OTLP_TIMEOUT": "7"}, 7.0),
+    ({"OTEL_EXPORTER_OTLP_TIMEOUT": "0"}, 5.0),
+    ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, 5.0),
+])
+def test_export_timeout(env, seconds):
+    assert export_timeout(env) == seconds
+
+
+def test_the_exporter_gets_the_export_timeout(monkeypatch):
+    import routecar.spans
+
+    made = []
+
+    class Recording(InMemorySpanExporter):
+        def __init__(self, **kw):
+            super().__init__()
+            made.append(kw)
+
+    monkeypatch.setattr(routecar.spans, "OTLPSpanExporter", Recording)
+    for env, timeout in (({"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "0.25"}, 0.25), ({}, 5.0)):
+        Spans("http://127.0.0.1:9/v1/traces", env=env).close()
+        assert made.pop() == {"endpoint": "http://127.0.0.1:9/v1/traces", "timeout": timeout}
+
+
+def test_a_sidecar_without_spans_never_imports_the_sdk():
+    import subprocess
+    import sys
+
+    code = ("import sys; from routecar.telemetry import Telemetry, TelemetryConfig; "
+            "t = Telemetry.build(TelemetryConfig(), env={}); "
+            "assert t.spans is None; print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_drop_warnings_are_rate_limited():

@@ -25,7 +25,7 @@ from ..metrics import SidecarState
 from ..pricing import Cost
 from ..providers import missing_keys
 from ..relay import StreamStats
-from ..spans import protocol_warning
+from ..otelenv import protocol_warning
 from ..telemetry import Telemetry, TelemetryConfig, key_warning
 from ..usage import ResponseFacts
 from .state import Routed, answer_facts, answering_entry, call_outcome

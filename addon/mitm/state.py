@@ -21,7 +21,7 @@ from ..policy import Decision
 from ..outcome import CallOutcome
 from ..pricing import Cost
 from ..relay import StreamStats
-from ..spans import TRACE_HEADERS
+from ..otelenv import TRACE_HEADERS
 from ..telemetry import est_cost_of
 from ..traces.record import TraceRecord
 from ..upstream import Result

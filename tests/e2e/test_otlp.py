@@ -20,13 +20,13 @@ GPT = json.dumps({"rules": [["eq", "id", "openai/gpt-5.5"]]})
 
 
 @pytest.fixture
-def receiver():
+def receiver():   # requested before `sidecar`: it outlives the sidecar, whose stop flushes spans to it
     with OtlpReceiver() as rx:
         yield rx
 
 
 @pytest.mark.parametrize("stock", [False, True])
-def test_one_span_per_call(sidecar, fake, receiver, stock):
+def test_one_span_per_call(receiver, sidecar, fake, stock):
     if stock:   # stock mitmdump -s: the option instead of the standard variable
         side = sidecar("--set", f"routecar_otlp_endpoint={receiver.url}", stock=True,
                        env={"OTEL_BSP_SCHEDULE_DELAY": "50"})
@@ -68,7 +68,7 @@ def test_one_span_per_call(sidecar, fake, receiver, stock):
     assert all("messages" not in k for s in spans.values() for k in s.attributes)
 
 
-def test_spans_are_flushed_at_shutdown(sidecar, fake, receiver):
+def test_spans_are_flushed_at_shutdown(receiver, sidecar, fake):
     # A schedule delay far beyond the test: only the shutdown flush can deliver the span.
     side = sidecar(env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "600000"})
     raw = sdk(side).chat.completions.with_raw_response.create(
@@ -79,7 +79,7 @@ def test_spans_are_flushed_at_shutdown(sidecar, fake, receiver):
     assert span.attributes["routecar.trace_id"] == raw.headers["x-route-trace-id"]
 
 
-def test_failed_call_is_an_error_span(sidecar, fake, receiver):
+def test_failed_call_is_an_error_span(receiver, sidecar, fake):
     side = sidecar(env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "50"})
     fake.set_script("openai", [{"status": 503}])
     with pytest.raises(Exception):
@@ -93,7 +93,10 @@ def test_failed_call_is_an_error_span(sidecar, fake, receiver):
 
 
 def test_unreachable_collector_never_fails_a_call(sidecar, fake):
-    side = sidecar(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_BSP_SCHEDULE_DELAY": "50"})
+    # A short export timeout (retries included): the stop need not wait 5 s for a collector that
+    # is not there; the calls never wait for it whatever its length.
+    side = sidecar(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_BSP_SCHEDULE_DELAY": "50",
+                        "OTEL_EXPORTER_OTLP_TIMEOUT": "0.5"})
     for _ in range(3):
         ok = sdk(side).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
                                                extra_headers={"X-Route-Policy": GPT})
