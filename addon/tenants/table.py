@@ -29,7 +29,6 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
-from sqlite_utils import Database
 
 from ..errors import ConfigError
 from ..reloading import ReloadingSource
@@ -218,6 +217,8 @@ def _read_csv(spec: _Spec) -> Iterator[_Raw]:
 
 
 def _read_sqlite(spec: _Spec) -> Iterator[_Raw]:
+    from sqlite_utils import Database   # ~0.2 s to import (with numpy, when installed): only for SQLite tables
+
     try:
         with _connect_ro(spec) as conn:
             table = Database(conn)[spec.table]
