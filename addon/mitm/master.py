@@ -147,9 +147,13 @@ class LeanMaster(master.Master):
 
 
 def ensure_ca(confdir: str | os.PathLike[str]) -> Path:
-    """Create mitmproxy's CA in `confdir` if missing; return the CA certificate's path."""
+    """Create mitmproxy's CA in `confdir` if missing; return the CA certificate's path.
+
+    An existing CA is not loaded here: parsing its key costs ~50 ms, and the proxy's
+    TLS addon loads (and checks) it anyway when it starts."""
     path = Path(confdir).expanduser()
-    certs.CertStore.from_store(path, CA_BASENAME, key_size=2048)
+    if not (path / f"{CA_BASENAME}-ca.pem").exists():   # the file mitmproxy's from_store looks for
+        certs.CertStore.create_store(path, CA_BASENAME, key_size=2048)
     return path / f"{CA_BASENAME}-ca-cert.pem"
 
 
