@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -197,8 +198,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # How to point an app at it is logged once the port is bound (see Router.running).
     print(f"routecar: CA certificate {ca}\n"
           f"routecar: trust bundle (public roots + CA) {bundle}", file=sys.stderr, flush=True)
-    return run_lean([Router()], listen_host=host, listen_port=int(port), mode=[args.mode],
+    code = run_lean([Router()], listen_host=host, listen_port=int(port), mode=[args.mode],
                     confdir=str(cdir), options=options, web=args.web, set_specs=args.set)
+    # The proxy has stopped (every hook done, traces and spans flushed) and the process ends
+    # now: keep the interpreter's exit from sweeping every object of mitmproxy and routecar
+    # through the cyclic GC (~0.35 s of CPU at each stop). Reference counting, atexit handlers
+    # and the flushing of stdout/stderr are unaffected.
+    gc.freeze()
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
