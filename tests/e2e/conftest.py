@@ -6,7 +6,14 @@ subprocess in front of the loopback fake providers, and the official openai SDK.
 - ``sidecar(*args, mode="regular", stock=False, env=None)``: a started proxy; `.traces`
   is its trace DB, `.ca` its CA certificate. ``mode="reverse"`` targets a dead port;
   ``mode="reverse:http://127.0.0.1:PORT"`` a given target (e.g. a fake provider).
+- ``shared_sidecar(...)`` (module): the same arguments, but one proxy per distinct
+  configuration for the whole test module, stopped (and its exit code checked) after the
+  module's last test. Only for tests that send requests and read answers: each finds its
+  own trace by its `x-route-trace-id` (``trace(side, id)``), never "the last row" or a
+  count; nothing that changes the sidecar's state (provider failures feed live health,
+  reloads, signals) and nothing that reads the whole trace DB or its metrics.
 - ``curl_json(side, method, path, data=None)``: curl for the `/x/...` endpoints.
+- ``trace(side, trace_id)``: a call's trace row and its attempts, polled until written.
 - ``sdk(proxy)``: an ``openai.OpenAI`` client that reaches the sidecar as an
   unmodified app would: via HTTPS_PROXY + CA in regular mode, via base_url in reverse.
 """
@@ -18,6 +25,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +72,27 @@ class Sidecar:
             return db.execute(sql, params).fetchall()
 
 
+def start_sidecar(workdir: Path, name: str, routecar_home: Path, loopback: tuple[Path, dict[str, str]],
+                  *args: str, mode: str = "regular", stock: bool = False,
+                  env: dict[str, str] | None = None) -> Sidecar:
+    providers, keys = loopback
+    traces = workdir / f"traces-{name}.db"
+    confdir = routecar_home / "mitmproxy"
+    mode_spec = "reverse:http://127.0.0.1:9" if mode == "reverse" else mode
+    mode = "reverse" if mode.startswith("reverse") else mode
+    if stock:  # stock mitmdump loading the addon script unchanged
+        argv = [MITMDUMP, "-q", "--listen-host", "127.0.0.1", "-p", "0", "--mode", mode_spec,
+                "--set", f"confdir={confdir}", "--set", "connection_strategy=lazy",
+                "-s", READY_ADDON, "-s", ADDON,
+                "--set", f"routecar_providers={providers}", "--set", f"routecar_traces={traces}", *args]
+    else:
+        argv = [sys.executable, "-m", "routecar.cli", "run", "--listen", "127.0.0.1:0",
+                "--mode", mode_spec, "--providers", str(providers), "--traces", str(traces), *args]
+    child_env = {"ROUTECAR_HOME": str(routecar_home), **keys, **(env or {})}
+    proc = ProxyProcess.start(argv, workdir, env=child_env, ready_timeout=30, name=name)
+    return Sidecar(proc, traces, confdir / "mitmproxy-ca-cert.pem", mode)
+
+
 @pytest.fixture
 def sidecar(tmp_path: Path, routecar_home: Path, loopback: tuple[Path, dict[str, str]],
             fake: FakeFleet) -> Iterator[Callable[..., Sidecar]]:
@@ -71,29 +100,37 @@ def sidecar(tmp_path: Path, routecar_home: Path, loopback: tuple[Path, dict[str,
 
     def start(*args: str, mode: str = "regular", stock: bool = False,
               env: dict[str, str] | None = None, name: str | None = None) -> Sidecar:
-        providers, keys = loopback
-        traces = tmp_path / f"traces{len(started)}.db"
-        confdir = routecar_home / "mitmproxy"
-        mode_spec = "reverse:http://127.0.0.1:9" if mode == "reverse" else mode
-        mode = "reverse" if mode.startswith("reverse") else mode
-        if stock:  # stock mitmdump loading the addon script unchanged
-            argv = [MITMDUMP, "-q", "--listen-host", "127.0.0.1", "-p", "0", "--mode", mode_spec,
-                    "--set", f"confdir={confdir}", "--set", "connection_strategy=lazy",
-                    "-s", READY_ADDON, "-s", ADDON,
-                    "--set", f"routecar_providers={providers}", "--set", f"routecar_traces={traces}", *args]
-        else:
-            argv = [sys.executable, "-m", "routecar.cli", "run", "--listen", "127.0.0.1:0",
-                    "--mode", mode_spec, "--providers", str(providers), "--traces", str(traces), *args]
-        child_env = {"ROUTECAR_HOME": str(routecar_home), **keys, **(env or {})}
-        proc = ProxyProcess.start(argv, tmp_path, env=child_env, ready_timeout=30,
-                                  name=name or f"sidecar{len(started)}")
-        s = Sidecar(proc, traces, confdir / "mitmproxy-ca-cert.pem", mode)
+        s = start_sidecar(tmp_path, name or f"sidecar{len(started)}", routecar_home, loopback, *args,
+                          mode=mode, stock=stock, env=env)
         started.append(s)
         return s
 
     yield start
     for s in reversed(started):
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_sidecar(tmp_path_factory: pytest.TempPathFactory, routecar_home: Path,
+                   loopback: tuple[Path, dict[str, str]], fake_fleet: FakeFleet) -> Iterator[Callable[..., Sidecar]]:
+    workdir = tmp_path_factory.mktemp("shared-sidecars")
+    started: dict[tuple[Any, ...], Sidecar] = {}
+
+    def get(*args: str, mode: str = "regular", stock: bool = False, env: dict[str, str] | None = None) -> Sidecar:
+        key = (args, mode, stock, tuple(sorted((env or {}).items())))
+        if key not in started:
+            started[key] = start_sidecar(workdir, f"shared{len(started)}", routecar_home, loopback, *args,
+                                         mode=mode, stock=stock, env=env)
+        side = started[key]
+        if side.proc.proc.poll() is not None:   # never restarted behind a test's back
+            raise AssertionError(f"the shared sidecar {key} exited with {side.proc.proc.returncode}:\n"
+                                 f"{side.proc.log_tail()}")
+        return side
+
+    yield get
+    codes = {key: (s.stop(), s.proc.log_tail()) for key, s in started.items()}
+    failed = {key: f"exit {code}:\n{tail}" for key, (code, tail) in codes.items() if code != 0}
+    assert not failed, failed
 
 
 def sdk(side: Sidecar, api_key: str = "sk-app-own-key-1234567890", **kw: Any) -> openai.OpenAI:
@@ -118,3 +155,22 @@ def curl_json(side: Sidecar, method: str, path: str, data: str | None = None) ->
     out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
     body, _, code = out.rpartition("\n")
     return int(code), json.loads(body)
+
+
+def trace(side, trace_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The trace row and its attempts, polled until the background writer has written it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with sqlite3.connect(f"file:{side.traces}?mode=ro", uri=True) as db:
+                db.row_factory = sqlite3.Row
+                row = db.execute("select * from decisions where trace_id = ?", (trace_id,)).fetchone()
+                if row is not None:
+                    attempts = db.execute("select * from attempts where trace_id = ? order by n",
+                                          (trace_id,)).fetchall()
+                    return {**dict(row), "attempts": [dict(a) for a in attempts]}
+        except sqlite3.OperationalError:
+            pass   # not created yet, or its tables not yet
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"trace {trace_id} not written within {timeout}s")
+        time.sleep(0.05)  # polling a condition with a deadline

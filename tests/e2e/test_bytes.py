@@ -23,8 +23,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e.conftest import sdk
-from tests.e2e.test_fallback import trace
+from tests.e2e.conftest import sdk, trace
 from tests.fakes.compress import Encoder
 
 EU = json.dumps({"rules": [["eq", "region", "eu"]]})

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import time
 from typing import Any
 
 import openai
 import pytest
 
-from tests.e2e.conftest import curl_json, sdk
+from tests.e2e.conftest import curl_json, sdk, trace
 from tests.fakes.config import write_loopback_providers
 
 EU = json.dumps({"rules": [["eq", "region", "eu"]]})
@@ -32,25 +31,6 @@ def call(side, policy: str = EU, **kw: Any):
     """A non-streaming call; returns the SDK's raw response (headers + parsed body)."""
     return sdk(side).chat.completions.with_raw_response.create(
         model="gpt-4o", messages=MSG, extra_headers={"X-Route-Policy": policy}, **kw)
-
-
-def trace(side, trace_id: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The trace row and its attempts, polled until the background writer has written it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with sqlite3.connect(f"file:{side.traces}?mode=ro", uri=True) as db:
-                db.row_factory = sqlite3.Row
-                row = db.execute("select * from decisions where trace_id = ?", (trace_id,)).fetchone()
-                if row is not None:
-                    attempts = db.execute("select * from attempts where trace_id = ? order by n",
-                                          (trace_id,)).fetchall()
-                    return {**dict(row), "attempts": [dict(a) for a in attempts]}
-        except sqlite3.OperationalError:
-            pass   # not created yet, or its tables not yet
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"trace {trace_id} not written within {timeout}s")
-        time.sleep(0.05)  # polling a condition with a deadline
 
 
 def contacted(fake) -> dict[str, list[str]]:

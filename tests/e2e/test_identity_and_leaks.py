@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from routecar.providers import DEFAULT_PROVIDERS, FORWARD_HEADERS
-from tests.e2e.conftest import Sidecar, curl_json, sdk
+from tests.e2e.conftest import Sidecar, curl_json, sdk, trace
 from tests.fakes.config import fake_key
 from tests.fakes.rawclient import build, raw_request
 
@@ -72,9 +72,10 @@ def test_identities_that_disagree_are_refused(sidecar, fake):
      400, "invalid_policy"),
 ])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
-def test_routing_headers_raw(sidecar, fake, headers, status, code, path):
-    """Raw bytes: duplicates, case variants and non-UTF-8 values reach routecar exactly as sent."""
-    side = sidecar("--tenants", TENANTS, mode=f"reverse:{fake.base('openai')}")
+def test_routing_headers_raw(shared_sidecar, fake, headers, status, code, path):
+    """Raw bytes: duplicates, case variants and non-UTF-8 values reach routecar exactly as sent.
+    Every case is refused before any provider is called: one sidecar serves them all."""
+    side = shared_sidecar("--tenants", TENANTS, mode=f"reverse:{fake.base('openai')}")
     port = int(side.url.rsplit(":", 1)[1])
     r = raw_request(port, build("POST", path, [("Host", "127.0.0.1"), ("Content-Type", "application/json"),
                                                *headers], CHAT_BODY))
@@ -82,8 +83,8 @@ def test_routing_headers_raw(sidecar, fake, headers, status, code, path):
     assert json.loads(r.body)["error"]["code"] == code
     assert r.headers["x-route-trace-id"].startswith("rt_")
     assert all(fake.requests(n) == [] for n in fake.ports)
-    assert side.stop() == 0
-    assert side.trace_rows("SELECT disposition, outcome FROM decisions") == [("refused", code)]
+    row = trace(side, r.headers["x-route-trace-id"])
+    assert (row["disposition"], row["outcome"]) == ("refused", code)
 
 
 def test_admin_token_protects_tenant_rank_and_health_details(sidecar, fake, tmp_path):
