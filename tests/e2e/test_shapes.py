@@ -2,7 +2,11 @@
 official SDKs an app uses (openai: chat, responses.create, responses.stream; anthropic:
 messages.create, messages.stream), in regular mode (HTTPS_PROXY, the SDK calling
 api.openai.com / api.anthropic.com) and reverse mode; native and translated routes,
-tool calls, fallback across shapes, errors in the caller's format, GET /models."""
+tool calls, fallback across shapes, errors in the caller's format, GET /models.
+
+Tests whose calls all succeed (or are refused before any provider) share one sidecar per
+mode (`shared_sidecar`) and read their own trace by its id; a test that makes a provider
+fail starts its own, so live health never leaks into another test."""
 
 from __future__ import annotations
 
@@ -72,19 +76,6 @@ def wait_trace(side: Sidecar, trace_id: str) -> dict[str, Any]:
     raise AssertionError(f"trace {trace_id} was not written within 10 s")
 
 
-def latest_trace(side: Sidecar) -> str:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            rows = side.trace_rows("SELECT trace_id FROM decisions ORDER BY ts DESC LIMIT 1")
-            if rows:
-                return rows[0][0]
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("no trace within 10 s")
-
-
 def last(fake, name: str) -> dict[str, Any]:
     return fake.requests(name)[-1]
 
@@ -96,8 +87,8 @@ def hdrs(rec: dict[str, Any]) -> dict[str, str]:
 # -- Anthropic Messages callers ---------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["regular", "reverse"])
-def test_messages_native(sidecar, fake, mode):
-    side = sidecar(mode=mode)
+def test_messages_native(shared_sidecar, fake, mode):
+    side = shared_sidecar(mode=mode)
     raw = ant(side, ANTHROPIC).messages.with_raw_response.create(
         model="claude-whatever", max_tokens=100, system="Be brief.", messages=USER)
     msg = raw.parse()
@@ -114,8 +105,8 @@ def test_messages_native(sidecar, fake, mode):
 
 
 @pytest.mark.parametrize("mode", ["regular", "reverse"])
-def test_messages_to_chat_entry_and_back(sidecar, fake, mode):
-    side = sidecar(mode=mode)
+def test_messages_to_chat_entry_and_back(shared_sidecar, fake, mode):
+    side = shared_sidecar(mode=mode)
     fake.set_script("mistral", [{"tool_call": WEATHER, "finish_reason": "tool_calls", "times": 1}])
     raw = ant(side, MISTRAL).messages.with_raw_response.create(
         model="claude-whatever", max_tokens=100, tools=[TOOL], messages=USER)
@@ -133,15 +124,15 @@ def test_messages_to_chat_entry_and_back(sidecar, fake, mode):
 
 
 @pytest.mark.parametrize("policy,provider", [(ANTHROPIC, "anthropic"), (MISTRAL, "mistral")])
-def test_messages_stream_native_and_translated(sidecar, fake, policy, provider):
-    side = sidecar()
+def test_messages_stream_native_and_translated(shared_sidecar, fake, policy, provider):
+    side = shared_sidecar()
     fake.set_script(provider, [{"chunks": 4, "times": 1}])
     with ant(side, policy).messages.stream(model="claude-whatever", max_tokens=100, messages=USER) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text.startswith(f"[fake:{provider}]") and final.stop_reason == "end_turn"
     assert final.usage.output_tokens > 0
-    t = wait_trace(side, latest_trace(side))
+    t = wait_trace(side, stream.response.headers["x-route-trace-id"])
     assert t["api_in"] == "messages" and t["api_out"] == ("messages" if provider == "anthropic" else "chat")
     assert t["completion_tokens"] == final.usage.output_tokens
 
@@ -256,8 +247,8 @@ def test_fallback_across_shapes(sidecar, fake):
 # -- OpenAI chat and Responses callers ------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["regular", "reverse"])
-def test_chat_to_messages_entry(sidecar, fake, mode):
-    side = sidecar(mode=mode)
+def test_chat_to_messages_entry(shared_sidecar, fake, mode):
+    side = shared_sidecar(mode=mode)
     client = oai(side, ANTHROPIC)
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER, max_tokens=50)
     resp = raw.parse()
@@ -273,8 +264,8 @@ def test_chat_to_messages_entry(sidecar, fake, mode):
 
 
 @pytest.mark.parametrize("mode", ["regular", "reverse"])
-def test_responses_native_and_translated(sidecar, fake, mode):
-    side = sidecar(mode=mode)
+def test_responses_native_and_translated(shared_sidecar, fake, mode):
+    side = shared_sidecar(mode=mode)
     native = oai(side, OPENAI).responses.with_raw_response.create(model="gpt-4o", input="Say hello",
                                                                    max_output_tokens=50)
     assert native.parse().output_text.startswith("[fake:openai] model=gpt-5.5-nano")
@@ -292,8 +283,8 @@ def test_responses_native_and_translated(sidecar, fake, mode):
     assert (t["api_in"], t["api_out"]) == ("responses", "chat")
 
 
-def test_responses_stream_translated(sidecar, fake):
-    side = sidecar()
+def test_responses_stream_translated(shared_sidecar, fake):
+    side = shared_sidecar()
     fake.set_script("mistral", [{"chunks": 4, "times": 1}])
     with oai(side, MISTRAL).responses.stream(model="gpt-4o", input=USER) as stream:
         kinds = [e.type for e in stream]
@@ -302,8 +293,8 @@ def test_responses_stream_translated(sidecar, fake):
     assert final.output_text.startswith("[fake:mistral]") and final.usage is not None
 
 
-def test_stateful_responses_only_go_to_responses_native_entries(sidecar, fake):
-    side = sidecar()
+def test_stateful_responses_only_go_to_responses_native_entries(shared_sidecar, fake):
+    side = shared_sidecar()
     with pytest.raises(openai.BadRequestError) as e:   # the only allowed entry cannot hold the state
         oai(side, MISTRAL).responses.create(model="gpt-4o", input="go on", previous_response_id="resp_123")
     assert e.value.code == "no_candidate" and "fit:api" in json.dumps(e.value.body)
@@ -311,8 +302,8 @@ def test_stateful_responses_only_go_to_responses_native_entries(sidecar, fake):
 
 # -- GET /models ------------------------------------------------------------------------------
 
-def test_models_lists_what_the_policy_allows(sidecar, fake):
-    side = sidecar()
+def test_models_lists_what_the_policy_allows(shared_sidecar, fake):
+    side = shared_sidecar()
     ids = [m.id for m in oai(side, json.dumps({"rules": [["eq", "region", "eu"]]})).models.list()]
     assert ids and all(i.startswith(("mistral/", "azure/", "scaleway/", "google/gemini-3.5-flash@eu")) for i in ids)
     page = ant(side, ANTHROPIC).models.list()
@@ -320,14 +311,16 @@ def test_models_lists_what_the_policy_allows(sidecar, fake):
                                                "anthropic/claude-sonnet-4-6"]
 
 
-def test_no_log_keeps_no_payload_for_translated_streams(sidecar, fake):
-    side = sidecar()
+def test_no_log_keeps_no_payload_for_translated_streams(shared_sidecar, fake):
+    side = shared_sidecar()
     secret = "the-private-prompt-1234"
     policy = json.dumps({"rules": [["eq", "id", "mistral/mistral-small-3"]], "no_log": True})
     with ant(side, policy).messages.stream(model="m", max_tokens=50,
                                            messages=[{"role": "user", "content": secret}]) as stream:
         assert "".join(stream.text_stream).startswith("[fake:mistral]")
-    t = wait_trace(side, latest_trace(side))
+    trace_id = stream.response.headers["x-route-trace-id"]
+    t = wait_trace(side, trace_id)
     assert t["api_in"] == "messages"
-    assert not side.trace_rows("SELECT 1 FROM payloads")
-    assert secret.encode() not in side.traces.read_bytes()
+    assert not side.trace_rows("SELECT 1 FROM payloads WHERE trace_id = ?", trace_id)
+    for path in side.traces.parent.glob(side.traces.name + "*"):   # the DB and its WAL
+        assert secret.encode() not in path.read_bytes(), path
