@@ -1,6 +1,9 @@
 """Issue 3 end to end: an unmodified app's call goes through routecar and comes back
 from the model the policy chose, in regular and reverse mode, via `routecar run`
-and via stock `mitmdump -s addon/mitm/addon.py`."""
+and via stock `mitmdump -s addon/mitm/addon.py`.
+
+Tests that only make calls that succeed or are refused before any provider share one
+sidecar per configuration (`shared_sidecar`); the others start their own."""
 
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ def _headers(rec: dict) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("mode,stock", [("regular", False), ("reverse", False), ("regular", True),
                                         ("reverse", True)])
-def test_policy_picks_provider_and_model(sidecar, fake, mode, stock):
-    side = sidecar(mode=mode, stock=stock)
+def test_policy_picks_provider_and_model(shared_sidecar, fake, mode, stock):
+    side = shared_sidecar(mode=mode, stock=stock)
     client = sdk(side)
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
@@ -51,8 +54,8 @@ def test_policy_picks_provider_and_model(sidecar, fake, mode, stock):
     assert fake.requests("openai") == []
 
 
-def test_api_key_auth_style(sidecar, fake):
-    side = sidecar()
+def test_api_key_auth_style(shared_sidecar, fake):
+    side = shared_sidecar()
     pol = json.dumps({"rules": [["eq", "provider", "azure"]]})
     sdk(side).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
                                       extra_headers={"X-Route-Policy": pol})
@@ -63,8 +66,8 @@ def test_api_key_auth_style(sidecar, fake):
 
 
 @pytest.mark.parametrize("mode", ["regular", "reverse"])
-def test_streaming_is_chunk_by_chunk(sidecar, fake, mode):
-    side = sidecar(mode=mode)
+def test_streaming_is_chunk_by_chunk(shared_sidecar, fake, mode):
+    side = shared_sidecar(mode=mode)
     fake.set_script("mistral", [{"chunk_delay": 0.4, "chunks": 4}])
     t0 = time.monotonic()
     stream = sdk(side).chat.completions.create(
@@ -80,8 +83,8 @@ def test_streaming_is_chunk_by_chunk(sidecar, fake, mode):
     assert arrivals[0] < arrivals[-1] - 0.8
 
 
-def test_invalid_policy_reaches_no_provider(sidecar, fake):
-    side = sidecar()
+def test_invalid_policy_reaches_no_provider(shared_sidecar, fake):
+    side = shared_sidecar()
     bad = json.dumps({"rules": [["eq", "regoin", "eu"], ["cmp", "provider", "ge", 1]]})
     with pytest.raises(openai.BadRequestError) as ei:
         sdk(side).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
@@ -96,8 +99,8 @@ def test_invalid_policy_reaches_no_provider(sidecar, fake):
     assert all(fake.requests(n) == [] for n in fake.ports)
 
 
-def test_no_candidate_explains_each_drop(sidecar, fake):
-    side = sidecar()
+def test_no_candidate_explains_each_drop(shared_sidecar, fake):
+    side = shared_sidecar()
     pol = json.dumps({"rules": [{"id": "eu", "rule": ["eq", "region", "eu"]},
                                 {"id": "floor", "rule": ["cmp", "bench_intelligence", "ge", 0.99]}]})
     with pytest.raises(openai.BadRequestError) as ei:
@@ -124,10 +127,10 @@ def test_missing_provider_key_names_the_variable(sidecar, fake):
     assert fake_key("mistral") not in json.dumps(ei.value.body)
 
 
-def test_no_policy_passes_through_untouched(sidecar, fake):
+def test_no_policy_passes_through_untouched(shared_sidecar, fake):
     # Reverse mode with the dummy target: an unrouted call reaches the target unchanged,
     # so it fails at the (down) target instead of being routed anywhere.
-    side = sidecar(mode="reverse")
+    side = shared_sidecar(mode="reverse")
     with pytest.raises(openai.APIStatusError) as ei:
         sdk(side).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
     assert ei.value.status_code == 502
@@ -143,8 +146,8 @@ def test_default_policy_applies_without_header(sidecar, fake):
 
 
 @pytest.mark.parametrize("mode", ["regular", "reverse"])
-def test_dry_run_endpoints_withcurl_json(sidecar, fake, mode):
-    side = sidecar(mode=mode)
+def test_dry_run_endpoints_withcurl_json(shared_sidecar, fake, mode):
+    side = shared_sidecar(mode=mode)
     code, fields = curl_json(side, "GET", "/x/fields")
     assert code == 200
     names = {f["name"] for f in fields["fields"]}
@@ -164,8 +167,8 @@ def test_dry_run_endpoints_withcurl_json(sidecar, fake, mode):
     assert all(fake.requests(n) == [] for n in fake.ports)
 
 
-def test_malformed_body_is_a_clear_400(sidecar, fake):
-    side = sidecar(mode="reverse")
+def test_malformed_body_is_a_clear_400(shared_sidecar, fake):
+    side = shared_sidecar(mode="reverse")
     out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "-X", "POST", side.url + "/v1/chat/completions",
                           "-H", f"X-Route-Policy: {EU}", "-H", "content-type: application/json",
                           "--data-binary", "{not json"], capture_output=True, text=True, timeout=20).stdout
