@@ -8,6 +8,10 @@ and raw sockets against the loopback fakes:
 - JSON routecar will not guess at (duplicate keys, NaN/Infinity, lone surrogates) is a
   traced 400; what the provider gets is exactly the object routecar evaluated;
 - relayed answers honour HTTP/1.0 clients and `Connection: close`.
+
+Tests whose calls succeed or are refused before any provider share one sidecar per
+configuration (`shared_sidecar`) and read their own traces by id; the one whose provider
+answer counts as a failure in live health starts its own.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ def headers_of(rec: dict[str, Any], name: str) -> list[str]:
 # -- compressed answers ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["reverse", "regular"])
-def test_compressed_answers_reach_the_sdk_decoded(sidecar, fake, mode):
-    side = sidecar(mode=mode)
+def test_compressed_answers_reach_the_sdk_decoded(shared_sidecar, fake, mode):
+    side = shared_sidecar(mode=mode)
     client = sdk(side)
     for coding in ("auto", "gzip", "deflate", "br", "zstd"):
         fake.reset()
@@ -113,8 +117,8 @@ ENCODED = [  # (Content-Encoding header lines, codings applied)
 
 
 @pytest.mark.parametrize("mode", ["reverse", "regular"])
-def test_encoded_request_bodies_are_decoded_and_the_coding_not_forwarded(sidecar, fake, tmp_path, mode):
-    side = sidecar(mode=mode)
+def test_encoded_request_bodies_are_decoded_and_the_coding_not_forwarded(shared_sidecar, fake, tmp_path, mode):
+    side = shared_sidecar(mode=mode)
     for lines, codings in ENCODED:
         fake.reset()
         status, hdrs, out = post(side, encode(BODY, codings), [("content-encoding", v) for v in lines], tmp_path)
@@ -127,16 +131,16 @@ def test_encoded_request_bodies_are_decoded_and_the_coding_not_forwarded(sidecar
         assert (t["status"], t["outcome"]) == (200, "ok")
 
 
-def test_a_chunked_upload_of_a_gzip_body_is_decoded_too(sidecar, fake, tmp_path):
-    side = sidecar(mode="reverse")
+def test_a_chunked_upload_of_a_gzip_body_is_decoded_too(shared_sidecar, fake, tmp_path):
+    side = shared_sidecar(mode="reverse")
     status, _, out = post(side, encode(BODY, ["gzip"]),
                           [("content-encoding", "gzip"), ("transfer-encoding", "chunked")], tmp_path)
     assert status == 200 and json.loads(out)["choices"][0]["message"]["content"] == OK_TEXT
     assert fake.requests("mistral")[0]["body"]["messages"] == MSG
 
 
-def test_dry_run_bodies_are_decoded_within_the_bound_too(sidecar, tmp_path):
-    side = sidecar(mode="reverse")
+def test_dry_run_bodies_are_decoded_within_the_bound_too(shared_sidecar, tmp_path):
+    side = shared_sidecar(mode="reverse")
     rank = json.dumps({"policy": {"rules": [["eq", "region", "eu"]]}}).encode()
     bomb = encode(b'{"policy": {"rules": []}, "pad": "' + b"A" * (12 * 1024 * 1024) + b'"}', ["gzip"])
     for data, expected in ((encode(rank, ["gzip"]), 200), (bomb, 413), (rank, 200)):
@@ -165,8 +169,8 @@ REFUSED = [  # (header lines, body, status, code, words in the message)
 ]
 
 
-def test_unknown_codings_bombs_and_garbage_are_refused_and_traced(sidecar, fake, tmp_path):
-    side = sidecar(mode="reverse")
+def test_unknown_codings_bombs_and_garbage_are_refused_and_traced(shared_sidecar, fake, tmp_path):
+    side = shared_sidecar(mode="reverse")
     for lines, data, status, code, words in REFUSED:
         got, hdrs, out = post(side, data, [("content-encoding", v) for v in lines], tmp_path)
         err = json.loads(out)["error"]
@@ -197,8 +201,9 @@ STRICT = [  # (raw body, words in the error message)
 
 
 @pytest.mark.parametrize("mode", ["reverse", "regular"])
-def test_ambiguous_json_is_a_traced_400_and_never_forwarded(sidecar, fake, tmp_path, mode):
-    side = sidecar(mode=mode)
+def test_ambiguous_json_is_a_traced_400_and_never_forwarded(shared_sidecar, fake, tmp_path, mode):
+    side = shared_sidecar(mode=mode)
+    ids = []
     for raw, words in STRICT:
         status, hdrs, out = post(side, raw, [], tmp_path)
         err = json.loads(out)["error"]
@@ -207,12 +212,14 @@ def test_ambiguous_json_is_a_traced_400_and_never_forwarded(sidecar, fake, tmp_p
         # The call is traced, never lost (SQLite refuses lone surrogates in a row).
         t = trace(side, hdrs["x-route-trace-id"])
         assert (t["status"], t["outcome"]) == (400, "invalid_request")
+        ids.append(hdrs["x-route-trace-id"])
     assert all(fake.requests(n) == [] for n in fake.ports)
-    assert side.trace_rows("select count(*) from decisions")[0][0] == len(STRICT)
+    marks = ", ".join("?" * len(ids))   # one row per call, each under its own id
+    assert side.trace_rows(f"select count(*) from decisions where trace_id in ({marks})", *ids)[0][0] == len(STRICT)
 
 
-def test_the_provider_gets_exactly_the_object_routecar_evaluated(sidecar, fake, tmp_path):
-    side = sidecar(mode="reverse")
+def test_the_provider_gets_exactly_the_object_routecar_evaluated(shared_sidecar, fake, tmp_path):
+    side = shared_sidecar(mode="reverse")
     raw = (b'\xef\xbb\xbf { "messages" : [ {"content": "caf\\u00e9 \\ud83d\\ude00 \\\\ud800 \\u0000 \xc3\xa9",'
            b' "role": "user"} ],\n "model":"gpt-4o", "n": 1, "temperature": 0.1000000000000000055511151231257827,'
            b' "logit_bias": {"50256": -100}, "seed": 123456789012345678901234567890, "top_p": 1.0,'
@@ -228,8 +235,8 @@ def test_the_provider_gets_exactly_the_object_routecar_evaluated(sidecar, fake, 
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_providers_lone_surrogates_never_make_a_call_untraced(sidecar, fake, stream):
-    side = sidecar(mode="reverse")
+def test_a_providers_lone_surrogates_never_make_a_call_untraced(shared_sidecar, fake, stream):
+    side = shared_sidecar(mode="reverse")
     usage = '{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2, "\\ud800": NaN}'
     if stream:
         body = ('data: {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, '
@@ -318,8 +325,8 @@ def answer_text(body: bytes, stream: bool) -> str:
 
 
 @pytest.mark.parametrize("stock", [False, True])
-def test_http10_and_connection_close_clients_get_answers_they_can_read(sidecar, fake, stock):
-    side = sidecar(mode="reverse", stock=stock)
+def test_http10_and_connection_close_clients_get_answers_they_can_read(shared_sidecar, fake, stock):
+    side = shared_sidecar(mode="reverse", stock=stock)
     cases = [(v, c, s, n) for v, c in [("HTTP/1.0", None), ("HTTP/1.0", "keep-alive"), ("HTTP/1.1", "close")]
              for s in (False, True) for n in (False, True)]
     for version, connection, stream, no_log in cases:
@@ -339,8 +346,8 @@ def test_http10_and_connection_close_clients_get_answers_they_can_read(sidecar, 
         trace(side, hdrs["x-route-trace-id"])
 
 
-def test_http11_keep_alive_still_reuses_the_connection_for_relayed_answers(sidecar, fake):
-    side = sidecar(mode="reverse")
+def test_http11_keep_alive_still_reuses_the_connection_for_relayed_answers(shared_sidecar, fake):
+    side = shared_sidecar(mode="reverse")
     host, port = side.url.removeprefix("http://").rsplit(":", 1)
     body = json.dumps(dict(CHAT, stream=True)).encode()
     req = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -358,8 +365,8 @@ def test_http11_keep_alive_still_reuses_the_connection_for_relayed_answers(sidec
             assert answer_text(dechunk(payload), True) == OK_TEXT
 
 
-def test_a_compressed_error_answer_reaches_the_sdk_decoded(sidecar, fake):
-    side = sidecar(mode="reverse")
+def test_a_compressed_error_answer_reaches_the_sdk_decoded(shared_sidecar, fake):
+    side = shared_sidecar(mode="reverse")
     fake.set_script("mistral", [{"compress": "gzip", "status": 400,
                                  "body": {"error": {"message": "bad temperature", "type": "invalid_request_error",
                                                     "code": "invalid_value", "param": None}}}])
