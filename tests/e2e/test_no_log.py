@@ -111,9 +111,9 @@ def test_control_without_no_log_keeps_the_payload(sidecar, fake, tmp_path):
 
 
 @pytest.mark.parametrize("no_log", [True, False])
-def test_canary_search_sees_the_fake_received_it(fake, sidecar, tmp_path, no_log):
+def test_canary_search_sees_the_fake_received_it(fake, shared_sidecar, no_log):
     # The canary did travel: the provider got it, so its absence on disk is routecar's doing.
-    side = sidecar()
+    side = shared_sidecar()   # both cases: calls that succeed, nothing read from its files
     calls = _calls(side, fake, no_log)
     got = json.dumps(fake.requests("mistral"))
     assert all(c["request"] in got for c in calls)
