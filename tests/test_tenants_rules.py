@@ -287,11 +287,18 @@ request_ir = st.fixed_dictionaries({"rules": st.lists(expr, max_size=3)}, option
 })
 
 
+@pytest.fixture(scope="module")
+def shipped() -> tuple[Any, Any]:
+    """The shipped catalog and rules, read once (they are immutable) rather than once per example."""
+    return load_catalog(POLICIES / "catalog.yaml"), load_rules(POLICIES / "rules.yaml")
+
+
 @settings(max_examples=150, deadline=None)
 @given(attrs=tenant_attrs, request=request_ir)
-def test_request_policy_never_widens_the_tenant_policy(attrs: dict[str, Any], request: dict[str, Any]) -> None:
-    catalog = load_catalog(POLICIES / "catalog.yaml")
-    tenant_policy = compile_policy(tenant(**attrs), load_rules(POLICIES / "rules.yaml"))
+def test_request_policy_never_widens_the_tenant_policy(shipped: tuple[Any, Any], attrs: dict[str, Any],
+                                                       request: dict[str, Any]) -> None:
+    catalog, rules = shipped
+    tenant_policy = compile_policy(tenant(**attrs), rules)
     combined = combine(tenant_policy, parse_policy(request))
     body = RequestProfile.from_body({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100})
     allowed = {r.entry.id for r in evaluate(tenant_policy, catalog, body).ranked}
