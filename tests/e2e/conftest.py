@@ -72,11 +72,10 @@ class Sidecar:
             return db.execute(sql, params).fetchall()
 
 
-def start_sidecar(workdir: Path, name: str, routecar_home: Path, loopback: tuple[Path, dict[str, str]],
+def start_sidecar(workdir: Path, name: str, traces: Path, routecar_home: Path, loopback: tuple[Path, dict[str, str]],
                   *args: str, mode: str = "regular", stock: bool = False,
                   env: dict[str, str] | None = None) -> Sidecar:
     providers, keys = loopback
-    traces = workdir / f"traces-{name}.db"
     confdir = routecar_home / "mitmproxy"
     mode_spec = "reverse:http://127.0.0.1:9" if mode == "reverse" else mode
     mode = "reverse" if mode.startswith("reverse") else mode
@@ -100,8 +99,8 @@ def sidecar(tmp_path: Path, routecar_home: Path, loopback: tuple[Path, dict[str,
 
     def start(*args: str, mode: str = "regular", stock: bool = False,
               env: dict[str, str] | None = None, name: str | None = None) -> Sidecar:
-        s = start_sidecar(tmp_path, name or f"sidecar{len(started)}", routecar_home, loopback, *args,
-                          mode=mode, stock=stock, env=env)
+        s = start_sidecar(tmp_path, name or f"sidecar{len(started)}", tmp_path / f"traces{len(started)}.db",
+                          routecar_home, loopback, *args, mode=mode, stock=stock, env=env)
         started.append(s)
         return s
 
@@ -119,8 +118,9 @@ def shared_sidecar(tmp_path_factory: pytest.TempPathFactory, routecar_home: Path
     def get(*args: str, mode: str = "regular", stock: bool = False, env: dict[str, str] | None = None) -> Sidecar:
         key = (args, mode, stock, tuple(sorted((env or {}).items())))
         if key not in started:
-            started[key] = start_sidecar(workdir, f"shared{len(started)}", routecar_home, loopback, *args,
-                                         mode=mode, stock=stock, env=env)
+            name = f"shared{len(started)}"
+            started[key] = start_sidecar(workdir, name, workdir / f"traces-{name}.db", routecar_home, loopback,
+                                         *args, mode=mode, stock=stock, env=env)
         side = started[key]
         if side.proc.proc.poll() is not None:   # never restarted behind a test's back
             raise AssertionError(f"the shared sidecar {key} exited with {side.proc.proc.returncode}:\n"
