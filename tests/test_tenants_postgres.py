@@ -5,6 +5,7 @@ compiled policies from YAML, SQLite (both modes) and PostgreSQL."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,18 @@ def test_pg_outage_and_recovery_without_a_new_store(postgres: PgServer, pg_table
             store.ping()
     finally:
         postgres.start()
-    # the pool reconnects by itself: the same store answers again
-    assert store.by_id("acme-free").id == "acme-free"
+    # the pool reconnects by itself: the same store answers again, once the pool's backoff
+    # (1 s, 2 s, ...: longer the longer the restart took) lets it try (polled with a deadline)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            found = store.by_id("acme-free")
+            break
+        except TenantSourceUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert found is not None and found.id == "acme-free"
     store.ping()
 
 
