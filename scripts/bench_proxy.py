@@ -36,6 +36,10 @@ and upstream + load generator to the others, so the proxy's figures are its own.
     .venv/bin/python scripts/bench_proxy.py                    # defaults
     .venv/bin/python scripts/bench_proxy.py --cases a,b,e --requests 5000 --client asyncio
     .venv/bin/python scripts/bench_proxy.py --cases b,c,f --baseline /tmp/before --rounds 3 --litellm
+    .venv/bin/python scripts/bench_proxy.py --cases b,c,f --concurrency 1,16 --soak 60000
+
+With cases b, c and f the issue-15 targets are checked on the medians (_proxy_report.py);
+--soak N then loads one `routecar run` with N requests and prints its RSS after each fifth.
 
 Prints Markdown tables; exits 0 (a failed case is reported in the table).
 """
@@ -59,6 +63,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from _proxy_report import soak, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -489,6 +495,10 @@ def main() -> int:
     p.add_argument("--duration-cap", type=float, default=30.0, help="seconds per run at most (default 30)")
     p.add_argument("--warmup", type=int, default=200, help="requests before measuring each proxy")
     p.add_argument("--client", choices=["auto", "wrk", "asyncio"], default="auto")
+    p.add_argument("--soak", type=int, default=0, metavar="N",
+                   help="then load one routecar (case c) with N requests at concurrency 16 in fifths and print "
+                        "its RSS after each (memory over a long run)")
+    p.add_argument("--soak-cap", type=float, default=900.0, help="seconds the soak may take at most (default 900)")
     p.add_argument("--no-pin", action="store_true", help="do not pin proxy / load to separate CPUs")
     p.add_argument("--run-client", help=argparse.SUPPRESS)
     p.add_argument("--serve-upstream", help=argparse.SUPPRESS)
@@ -540,6 +550,8 @@ def main() -> int:
                 for case, code in (variants if n % 2 == 0 else _swap_pairs(variants)):
                     rows += run_case(case, code, up_port, work, otlp, args, client, concs, proxy_cpus, load_cpus,
                                      notes)
+            if args.soak:
+                soaked = run_soak(up_port, work, args, client, proxy_cpus, load_cpus)
         finally:
             _stop(upstream)
             if receiver is not None:
@@ -549,9 +561,38 @@ def main() -> int:
 
     shown = median_rows(rows) if args.rounds > 1 or args.baseline else rows
     print(render(shown, rows, client, args, pin, cpus_all, notes, load_before, os.getloadavg()))
+    print("\n".join(targets(shown)))
+    if args.soak:
+        print(f"\nMemory over a long run: `routecar run` (case c), {args.soak} requests at concurrency 16; "
+              f"RSS of the proxy and its children after each fifth\n")
+        print("\n".join(soaked))
     if args.plot:
         print(plot(median_rows(rows), Path(args.plot)))
     return 0
+
+
+def run_soak(up_port: int, work: Path, args: argparse.Namespace, client: str, proxy_cpus: set[int] | None,
+             load_cpus: set[int] | None) -> list[str]:
+    """`--soak N`: case c's proxy under N requests, its RSS after each fifth (_proxy_report.soak)."""
+    target = start_case("c", up_port, work, proxy_cpus)
+    answered = 0
+    try:
+        answered += load(target, client, args.warmup, 16, args.duration_cap, load_cpus)["requests"]
+
+        def chunk(n: int) -> dict:
+            nonlocal answered
+            r = load(target, client, n, 16, max(args.duration_cap, n / 50), load_cpus)
+            answered += r["requests"]
+            return r
+
+        assert target.proc is not None and target.traces is not None
+        lines = soak(args.soak, args.soak_cap, chunk, lambda: _family(target.proc.pid),
+                     lambda: _count_traces(target.traces))
+    finally:
+        if target.proc:
+            _stop(target.proc)
+    return lines + ["", f"- after the proxy stopped: {_count_traces(target.traces)} traces for {answered} answered "
+                        f"requests (warm-up included)"]
 
 
 def _swap_pairs(variants: list[tuple[str, Path | None]]) -> list[tuple[str, Path | None]]:
