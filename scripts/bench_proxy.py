@@ -9,6 +9,7 @@ until `routecar run` exists):
   c  `routecar run`, reverse mode, requests carry an X-Route-Policy header
   d  `routecar run`, regular mode: CONNECT api.openai.com:443 + TLS via the proxy, policy header
   f  like c with `--traces off`: the cost of tracing, by difference
+  p  like c with `--set routecar_traces_writer=process` (rows built and written in a child process)
   g  like c with `--set routecar_metrics=false`: the cost of metrics is c - g
   q  like c with `--quiet` (no access log line): the cost of the access log is c - q
   h  like c with OTel spans to a loopback OTLP/HTTP receiver: the cost of spans is h - c
@@ -90,12 +91,13 @@ CASE_TITLES = {
     "c": "routecar run, reverse + policy header",
     "d": "routecar run, regular (HTTPS_PROXY)",
     "f": "routecar run, reverse + policy, traces off",
+    "p": "routecar run, reverse + policy, process trace writer",
     "g": "routecar run, reverse + policy, metrics off",
     "q": "routecar run, reverse + policy, access log off",
     "h": "routecar run, reverse + policy, + OTel spans",
     "l": "LiteLLM proxy (1 worker)",
 }
-ROUTECAR_CASES = {"c", "d", "f", "g", "q", "h"}
+ROUTECAR_CASES = {"c", "d", "f", "g", "q", "h", "p"}
 BASELINE_CASES = ROUTECAR_CASES | {"e"}  # the cases running routecar's code (--baseline runs them twice)
 
 
@@ -420,6 +422,8 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None,
             cmd += ["--mode", f"reverse:{up}"]
         if case == "f":  # the cost of tracing, by difference with c
             cmd += ["--traces", "off"]
+        if case == "p":  # traces written by a child process
+            cmd += ["--set", "routecar_traces_writer=process"]
         if case == "g":  # the cost of metrics, by difference with c
             cmd += ["--set", "routecar_metrics=false"]
         if case == "q":  # the cost of the access log, by difference with c
@@ -428,7 +432,7 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None,
             env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url or "", "OTEL_BSP_SCHEDULE_DELAY": "500"})
     proc = subprocess.Popen(cmd, env=env, **quiet)
     addr = _wait_json(ready, proc)
-    traces = home / "traces.db" if case in ("c", "d") else None
+    traces = home / "traces.db" if case in ("c", "d", "p") else None
     if case != "d":
         return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY}, traces=traces)
     ca = home / "mitmproxy" / "mitmproxy-ca-cert.pem"
@@ -482,7 +486,7 @@ def load(t: Target, client: str, requests: int, conns: int, cap: float, cpus: se
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="a,b,e,c,f,d",
-                   help="comma list of a,b,c,d,e,f,g,q,h,l (default: a,b,e,c,f,d; l needs --litellm)")
+                   help="comma list of a,b,c,d,e,f,g,q,h,p,l (default: a,b,e,c,f,d; l needs --litellm)")
     p.add_argument("--litellm", action="store_true", help="add case l, the LiteLLM proxy (installs litellm[proxy] "
                                                           "into .bench/litellm-venv on first use: a few minutes)")
     p.add_argument("--baseline", metavar="DIR", type=Path,
@@ -621,6 +625,7 @@ def run_case(case: str, code: Path | None, up_port: int, work: Path, otlp: str |
             answered += load(target, client, args.warmup, 16, args.duration_cap, load_cpus)["requests"]
         for conns in concs:
             cpu0 = cpu_seconds(target.proc.pid) if target.proc else 0.0
+            own0 = sum(c for _, c in thread_cpu(target.proc.pid).values()) if target.proc else 0.0
             threads0 = thread_cpu(target.proc.pid) if target.traces else {}
             try:
                 r = load(target, client, args.requests, conns, args.duration_cap, load_cpus)
@@ -631,7 +636,12 @@ def run_case(case: str, code: Path | None, up_port: int, work: Path, otlp: str |
                 r["cpu_ms"] = (cpu_seconds(target.proc.pid) - cpu0) * 1000 / max(1, r["requests"])
                 r["rss"] = peak_rss_mb(target.proc.pid)
             if target.traces is not None and target.proc:
-                r["writer_ms"] = writer_cpu_seconds(target.proc.pid, threads0) * 1000 / max(1, r["requests"])
+                if case == "p":  # the writer is a child process: the CPU of the proxy's children
+                    own = sum(c for _, c in thread_cpu(target.proc.pid).values()) - own0
+                    writer_s = cpu_seconds(target.proc.pid) - cpu0 - own
+                else:
+                    writer_s = writer_cpu_seconds(target.proc.pid, threads0)
+                r["writer_ms"] = writer_s * 1000 / max(1, r["requests"])
             answered += r["requests"]
             rows.append({"case": case, "code": label, "conns": conns, **r,
                          "rps": r["requests"] / r["elapsed"] if r["elapsed"] else 0.0})
