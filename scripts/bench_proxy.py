@@ -9,6 +9,7 @@ until `routecar run` exists):
   c  `routecar run`, reverse mode, requests carry an X-Route-Policy header
   d  `routecar run`, regular mode: CONNECT api.openai.com:443 + TLS via the proxy, policy header
   f  like c with `--traces off`: the cost of tracing, by difference
+  p  like c with `--set routecar_traces_writer=process` (rows built and written in a child process)
   g  like c with `--set routecar_metrics=false`: the cost of metrics is c - g
   q  like c with `--quiet` (no access log line): the cost of the access log is c - q
   h  like c with OTel spans to a loopback OTLP/HTTP receiver: the cost of spans is h - c
@@ -36,6 +37,10 @@ and upstream + load generator to the others, so the proxy's figures are its own.
     .venv/bin/python scripts/bench_proxy.py                    # defaults
     .venv/bin/python scripts/bench_proxy.py --cases a,b,e --requests 5000 --client asyncio
     .venv/bin/python scripts/bench_proxy.py --cases b,c,f --baseline /tmp/before --rounds 3 --litellm
+    .venv/bin/python scripts/bench_proxy.py --cases b,c,f --concurrency 1,16 --soak 60000
+
+With cases b, c and f the issue-15 targets are checked on the medians (_proxy_report.py);
+--soak N then loads one `routecar run` with N requests and prints its RSS after each fifth.
 
 Prints Markdown tables; exits 0 (a failed case is reported in the table).
 """
@@ -59,6 +64,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from _proxy_report import soak, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -84,12 +91,13 @@ CASE_TITLES = {
     "c": "routecar run, reverse + policy header",
     "d": "routecar run, regular (HTTPS_PROXY)",
     "f": "routecar run, reverse + policy, traces off",
+    "p": "routecar run, reverse + policy, process trace writer",
     "g": "routecar run, reverse + policy, metrics off",
     "q": "routecar run, reverse + policy, access log off",
     "h": "routecar run, reverse + policy, + OTel spans",
     "l": "LiteLLM proxy (1 worker)",
 }
-ROUTECAR_CASES = {"c", "d", "f", "g", "q", "h"}
+ROUTECAR_CASES = {"c", "d", "f", "g", "q", "h", "p"}
 BASELINE_CASES = ROUTECAR_CASES | {"e"}  # the cases running routecar's code (--baseline runs them twice)
 
 
@@ -414,6 +422,8 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None,
             cmd += ["--mode", f"reverse:{up}"]
         if case == "f":  # the cost of tracing, by difference with c
             cmd += ["--traces", "off"]
+        if case == "p":  # traces written by a child process
+            cmd += ["--set", "routecar_traces_writer=process"]
         if case == "g":  # the cost of metrics, by difference with c
             cmd += ["--set", "routecar_metrics=false"]
         if case == "q":  # the cost of the access log, by difference with c
@@ -422,7 +432,7 @@ def start_case(case: str, upstream_port: int, work: Path, cpus: set[int] | None,
             env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url or "", "OTEL_BSP_SCHEDULE_DELAY": "500"})
     proc = subprocess.Popen(cmd, env=env, **quiet)
     addr = _wait_json(ready, proc)
-    traces = home / "traces.db" if case in ("c", "d") else None
+    traces = home / "traces.db" if case in ("c", "d", "p") else None
     if case != "d":
         return Target(proc, addr["host"], addr["port"], {"X-Route-Policy": POLICY}, traces=traces)
     ca = home / "mitmproxy" / "mitmproxy-ca-cert.pem"
@@ -476,7 +486,7 @@ def load(t: Target, client: str, requests: int, conns: int, cap: float, cpus: se
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="a,b,e,c,f,d",
-                   help="comma list of a,b,c,d,e,f,g,q,h,l (default: a,b,e,c,f,d; l needs --litellm)")
+                   help="comma list of a,b,c,d,e,f,g,q,h,p,l (default: a,b,e,c,f,d; l needs --litellm)")
     p.add_argument("--litellm", action="store_true", help="add case l, the LiteLLM proxy (installs litellm[proxy] "
                                                           "into .bench/litellm-venv on first use: a few minutes)")
     p.add_argument("--baseline", metavar="DIR", type=Path,
@@ -489,6 +499,10 @@ def main() -> int:
     p.add_argument("--duration-cap", type=float, default=30.0, help="seconds per run at most (default 30)")
     p.add_argument("--warmup", type=int, default=200, help="requests before measuring each proxy")
     p.add_argument("--client", choices=["auto", "wrk", "asyncio"], default="auto")
+    p.add_argument("--soak", type=int, default=0, metavar="N",
+                   help="then load one routecar (case c) with N requests at concurrency 16 in fifths and print "
+                        "its RSS after each (memory over a long run)")
+    p.add_argument("--soak-cap", type=float, default=900.0, help="seconds the soak may take at most (default 900)")
     p.add_argument("--no-pin", action="store_true", help="do not pin proxy / load to separate CPUs")
     p.add_argument("--run-client", help=argparse.SUPPRESS)
     p.add_argument("--serve-upstream", help=argparse.SUPPRESS)
@@ -540,6 +554,8 @@ def main() -> int:
                 for case, code in (variants if n % 2 == 0 else _swap_pairs(variants)):
                     rows += run_case(case, code, up_port, work, otlp, args, client, concs, proxy_cpus, load_cpus,
                                      notes)
+            if args.soak:
+                soaked = run_soak(up_port, work, args, client, proxy_cpus, load_cpus)
         finally:
             _stop(upstream)
             if receiver is not None:
@@ -549,9 +565,38 @@ def main() -> int:
 
     shown = median_rows(rows) if args.rounds > 1 or args.baseline else rows
     print(render(shown, rows, client, args, pin, cpus_all, notes, load_before, os.getloadavg()))
+    print("\n".join(targets(shown)))
+    if args.soak:
+        print(f"\nMemory over a long run: `routecar run` (case c), {args.soak} requests at concurrency 16; "
+              f"RSS of the proxy and its children after each fifth\n")
+        print("\n".join(soaked))
     if args.plot:
         print(plot(median_rows(rows), Path(args.plot)))
     return 0
+
+
+def run_soak(up_port: int, work: Path, args: argparse.Namespace, client: str, proxy_cpus: set[int] | None,
+             load_cpus: set[int] | None) -> list[str]:
+    """`--soak N`: case c's proxy under N requests, its RSS after each fifth (_proxy_report.soak)."""
+    target = start_case("c", up_port, work, proxy_cpus)
+    answered = 0
+    try:
+        answered += load(target, client, args.warmup, 16, args.duration_cap, load_cpus)["requests"]
+
+        def chunk(n: int) -> dict:
+            nonlocal answered
+            r = load(target, client, n, 16, max(args.duration_cap, n / 50), load_cpus)
+            answered += r["requests"]
+            return r
+
+        assert target.proc is not None and target.traces is not None
+        lines = soak(args.soak, args.soak_cap, chunk, lambda: _family(target.proc.pid),
+                     lambda: _count_traces(target.traces))
+    finally:
+        if target.proc:
+            _stop(target.proc)
+    return lines + ["", f"- after the proxy stopped: {_count_traces(target.traces)} traces for {answered} answered "
+                        f"requests (warm-up included)"]
 
 
 def _swap_pairs(variants: list[tuple[str, Path | None]]) -> list[tuple[str, Path | None]]:
@@ -580,6 +625,7 @@ def run_case(case: str, code: Path | None, up_port: int, work: Path, otlp: str |
             answered += load(target, client, args.warmup, 16, args.duration_cap, load_cpus)["requests"]
         for conns in concs:
             cpu0 = cpu_seconds(target.proc.pid) if target.proc else 0.0
+            own0 = sum(c for _, c in thread_cpu(target.proc.pid).values()) if target.proc else 0.0
             threads0 = thread_cpu(target.proc.pid) if target.traces else {}
             try:
                 r = load(target, client, args.requests, conns, args.duration_cap, load_cpus)
@@ -590,7 +636,12 @@ def run_case(case: str, code: Path | None, up_port: int, work: Path, otlp: str |
                 r["cpu_ms"] = (cpu_seconds(target.proc.pid) - cpu0) * 1000 / max(1, r["requests"])
                 r["rss"] = peak_rss_mb(target.proc.pid)
             if target.traces is not None and target.proc:
-                r["writer_ms"] = writer_cpu_seconds(target.proc.pid, threads0) * 1000 / max(1, r["requests"])
+                if case == "p":  # the writer is a child process: the CPU of the proxy's children
+                    own = sum(c for _, c in thread_cpu(target.proc.pid).values()) - own0
+                    writer_s = cpu_seconds(target.proc.pid) - cpu0 - own
+                else:
+                    writer_s = writer_cpu_seconds(target.proc.pid, threads0)
+                r["writer_ms"] = writer_s * 1000 / max(1, r["requests"])
             answered += r["requests"]
             rows.append({"case": case, "code": label, "conns": conns, **r,
                          "rps": r["requests"] / r["elapsed"] if r["elapsed"] else 0.0})

@@ -424,6 +424,39 @@ def test_hot_path_keeps_exactly_the_fitting_entries_at_usd_cost(entries, req, ra
             assert (f.id, f.field) == fit_failure(e, req)[:2] and f.id in [c[0] for c in FIT_CHECKS]
 
 
+_FAST_POLICY = st.fixed_dictionaries({}, optional={
+    "rules": st.lists(st.sampled_from([["cmp", "est_cost", "le", 0.05], ["cmp", "est_cost", "gt", 0.0001],
+                                       ["eq", "healthy", True], ["cmp", "price_in", "le", 40],
+                                       ["or", ["eq", "healthy", False], ["cmp", "price_out", "le", 30]]]),
+                     max_size=3),
+    "rank": st.sampled_from([[["asc", "est_cost"]], [["asc", "est_cost"], ["desc", "context_window"]]])})
+
+
+# Entries most requests fit, and few prices: ties in est_cost that the other sort keys break.
+_FITTING_ENTRY = st.fixed_dictionaries({
+    "context_window": st.integers(2000, 3000), "max_output": st.integers(600, 3000),
+    "capabilities": st.sampled_from([["tools"], ["tools", "vision"], []]),
+    "price_in": st.sampled_from([0.0, 2.0, 35.0]), "price_out": st.sampled_from([2.0, 60.0])})
+_SMALL_REQUEST = st.builds(RequestProfile, prompt_tokens=st.integers(0, 1500),
+                           max_tokens=st.one_of(st.none(), st.integers(0, 900)), tools=st.booleans(),
+                           vision=st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_FITTING_ENTRY, min_size=1, max_size=8), _SMALL_REQUEST, _FAST_POLICY)
+def test_fast_path_decides_as_the_general_loop(entries, req, policy) -> None:
+    """The comprehension taken when every survivor fits and nothing cools down gives the order and
+    costs of the general loop (taken here because an entry outside this catalog is cooling down)."""
+    from routecar.policy.dynamic import HealthSnapshot
+
+    cat = parse_catalog([entry(f"p/m{i}", **e) for i, e in enumerate(entries)])
+    p = P(policy, cat)
+    fast = evaluate(p, cat, req)
+    general = evaluate(p, cat, req, HealthSnapshot(frozenset({"elsewhere/none"}), {}))
+    assert (fast.order, fast.costs) == (general.order, general.costs)
+    assert [e.id for e, f in fast.verdicts if f is None] == [e.id for e, f in general.verdicts if f is None]
+
+
 def test_static_rows_have_the_static_row_fields() -> None:
     from routecar.policy.evaluate import StaticRow, _static
 

@@ -104,6 +104,11 @@ class _Static:
     # clause comes before it), and every catalog index: what `Decision.verdicts` need not recompute.
     explained: frozenset[int] = frozenset()
     all_indices: frozenset[int] = frozenset()
+    # The fit checks every row passes for a request within these bounds (smallest context window,
+    # smallest max_output, all have tools, all have vision), and the rows as the comprehension of
+    # `evaluate`'s fast path reads them: (index, price_in, price_out, ok_healthy, suffix).
+    fit_all: tuple[int, int, bool, bool] = (0, 0, False, False)
+    cost_rows: tuple[tuple[Any, ...], ...] = ()
 
 
 _DYN = object()  # placeholder for a sort-key part known only per request
@@ -164,10 +169,13 @@ def _static(policy: Policy, catalog: Catalog) -> _Static:
     # A cached static failure is the first failure unless a per-request clause comes before it.
     first_dynamic = min((c.index for c in policy.dynamic_clauses), default=1 << 30)
     explained = frozenset(i for i, f in failures.items() if f.index is not None and f.index < first_dynamic)
+    fit_all = (min((r[5] for r in rows), default=0), min((r[6] for r in rows), default=0),
+               all(r[7] for r in rows), all(r[8] for r in rows))
     hit = _Static(tuple(rows), composed, cost_at,
                   -1 if cost_at is not None and policy.rank[cost_at][0] == "desc" else 1, failures, dyn_static,
                   lo, hi, bool(health_only), tuple(general), policy.reads("latency_ms"), explained,
-                  frozenset(range(len(catalog.entries))))
+                  frozenset(range(len(catalog.entries))), fit_all,
+                  tuple((r[0], r[3], r[4], r[9], r[13]) for r in rows))
     if len(policy.memo) > 4:  # catalogs are reloaded rarely; keep the newest few
         policy.memo.clear()
     policy.memo[catalog.version] = hit
@@ -297,6 +305,16 @@ def evaluate(policy: Policy, catalog: Catalog, request: RequestProfile | None = 
         {e.id: health.live_fields(e.id).get("latency_ms") for e in catalog.entries}
         if health is not None and st.reads_latency else {})
     snapshot = HealthSnapshot(cooled, latency) if health is not None else None
+    min_cw, min_mo, all_tools, all_vision = st.fit_all
+    if (hot and first and sign == 1 and not cooled and apis is None and need <= min_cw
+            and (mt is None or mt <= min_mo) and (all_tools or not tools) and (all_vision or not vision)):
+        # Fast path, the common request: every survivor fits, est_cost ascending is the first sort key,
+        # nothing cools down. One comprehension (the loop below, minus the fit checks): (cost, suffix,
+        # index) sorts as the loop's (cost, suffix, index, cost) does.
+        fast = [(c, suffix, i) for i, pin, pout, ok_h, suffix in st.cost_rows
+                if lo <= (c := (pt * pin + ot * pout) / 1_000_000) <= hi and ok_h]
+        fast.sort()
+        return Decision(policy, catalog, req, tuple([t[2] for t in fast]), tuple([t[0] for t in fast]), snapshot)
     for i, entry, eid, pin, pout, cw, mo, has_tools, has_vision, ok_h, ok_c, parts, prefix, suffix in st.rows:
         # `misfit` and `usd`, inlined: a call per entry costs this loop ~25% (measured);
         # tests/test_policy_evaluate.py pins this copy to them.

@@ -23,7 +23,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 from cachetools import LRUCache
@@ -72,9 +71,8 @@ class DecisionPart:
 
     def costs_of(self, request: RequestProfile) -> tuple[float, ...]:
         """The est_cost of each ranked entry for `request` (`usd` of the part's prices)."""
-        n = len(self.prices)
-        return tuple(map(usd, repeat(request.prompt_tokens, n), repeat(request.out_tokens, n),
-                         *zip(*self.prices))) if n else ()
+        pt, ot = request.prompt_tokens, request.out_tokens
+        return tuple([usd(pt, ot, pin, pout) for pin, pout in self.prices])
 
 
 def _failure(f: Failure) -> tuple[Any, ...]:

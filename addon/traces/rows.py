@@ -74,9 +74,10 @@ def _chosen(d: Decision | None, attempts: Sequence[Mapping[str, Any]]) -> tuple[
     """(entry id, model, provider, est_cost) of the entry that answered, else of the selected one."""
     won = [a for a in attempts if isinstance(a.get("status"), int) and a["status"] < 400]
     entries = d.catalog.entries if d is not None else ()
-    ranked = [entries[i] for i in d.order] if d is not None else []
-    chosen_id = won[-1].get("entry") if won else (ranked[0].id if ranked else None)
-    for n, e in enumerate(ranked):
+    order = d.order if d is not None else ()
+    chosen_id = won[-1].get("entry") if won else (entries[order[0]].id if order else None)
+    for n, i in enumerate(order):
+        e = entries[i]
         if e.id == chosen_id:
             assert d is not None
             return chosen_id, e.model, e.provider, d.costs[n]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import time
+from operator import itemgetter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -274,7 +275,7 @@ class TraceStore:
                     cols = list(rows[0])
                     sql = (f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
                            f"VALUES ({', '.join('?' * len(cols))})")
-                    conn.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
+                    conn.executemany(sql, list(map(itemgetter(*cols), rows)))
             conn.executemany("INSERT OR IGNORE INTO catalogs VALUES (?, ?, ?)", list(catalogs.values()))
         return len(ids)
 
