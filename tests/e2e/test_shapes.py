@@ -147,10 +147,10 @@ BETA_WIRES = [(None, "/v1/messages"), ({"beta": "true"}, "/v1/messages?beta=true
 @pytest.mark.parametrize("mode,policy,provider", [("regular", ANTHROPIC, "anthropic"),
                                                    ("regular", MISTRAL, "mistral"),
                                                    ("reverse", ANTHROPIC, "anthropic")])
-def test_beta_messages_are_routed_like_messages(sidecar, fake, mode, policy, provider, query, sent):
+def test_beta_messages_are_routed_like_messages(shared_sidecar, fake, mode, policy, provider, query, sent):
     """`client.beta.messages.create/stream`: routed like /v1/messages, the `?beta=true` marker never
     forwarded, the app's `anthropic-beta` kept on a native call."""
-    side = sidecar(mode=mode)
+    side = shared_sidecar(mode=mode)
     urls: list[str] = []
     client = ant(side, policy, urls=urls)
     raw = client.beta.messages.with_raw_response.create(
@@ -178,10 +178,10 @@ def test_beta_messages_are_routed_like_messages(sidecar, fake, mode, policy, pro
     assert all(r["query_string"] == "" for r in fake.requests(provider))
 
 
-def test_a_beta_feature_a_translation_would_drop_goes_to_a_messages_provider_only(sidecar, fake):
+def test_a_beta_feature_a_translation_would_drop_goes_to_a_messages_provider_only(shared_sidecar, fake):
     """A beta field the chat translation does not carry (`context_management`) makes the request
     native-only: never sent to a chat provider without it, refused visibly if nothing else is allowed."""
-    side = sidecar()
+    side = shared_sidecar()
     kw: dict[str, Any] = {"model": "claude-whatever", "max_tokens": 50, "messages": USER,
                           "betas": ["context-management-2025-06-27"],
                           "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}
@@ -200,9 +200,9 @@ def test_a_beta_feature_a_translation_would_drop_goes_to_a_messages_provider_onl
     assert raw.headers["x-route-provider"] == "mistral"
 
 
-def test_other_queries_on_messages_are_refused_in_anthropic_format(sidecar, fake):
+def test_other_queries_on_messages_are_refused_in_anthropic_format(shared_sidecar, fake):
     """Anything but the exact marker can change what a provider does: refused, visibly."""
-    side = sidecar()
+    side = shared_sidecar()
     client = ant(side, ANTHROPIC)
     for query in ({"beta": "true", "x": "1"}, {"beta": "1"}, {"BETA": "true"}):
         with pytest.raises(anthropic.BadRequestError) as e:
