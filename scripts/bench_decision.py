@@ -143,6 +143,11 @@ def main() -> int:
         verdict = "met" if min(worst, worst_cpu) <= 50 else "MISSED"
         print(f"\nTarget p50 <= 50 µs cached at 200 entries: {verdict} (worst {worst:.1f} µs wall, "
               f"{worst_cpu:.1f} µs CPU)")
+        twenty = [r for r in target if r[1] == "20 clauses"]
+        if twenty:  # issue 15: the 20-clause policy, with its per-request clauses (est_cost, healthy)
+            wall, cpu = twenty[0][4], twenty[0][6]
+            print(f"Issue 15 target, 20-clause policy with per-request clauses, p50 <= 50 µs cached at 200 entries: "
+                  f"{'met' if min(wall, cpu) <= 50 else 'MISSED'} ({wall:.1f} µs wall, {cpu:.1f} µs CPU)")
     return 0
 
 
