@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _rss_mb(pids: list[int]) -> float:
+def status_mb(pids: list[int], field: str = "VmRSS") -> float:
+    """Sum over `pids` of a /proc/PID/status memory field (VmRSS: now, VmHWM: peak), in MB."""
     total = 0.0
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     total += int(line.split()[1]) / 1024
         except OSError:
             continue
@@ -67,12 +68,12 @@ def soak(total: int, cap_s: float, run_chunk: Callable[[int], dict], pids: Calla
     """Load the running proxy with `total` requests in fifths (`run_chunk(n)` -> wrk result), at most
     `cap_s` seconds in all; Markdown rows of requests done, RSS MB and traces written after each."""
     lines = ["| requests | RSS MB | traces written | req/s of the fifth |", "| ---: | ---: | ---: | ---: |",
-             f"| 0 | {_rss_mb(pids()):.1f} | {traces()} | — |"]
+             f"| 0 | {status_mb(pids()):.1f} | {traces()} | — |"]
     done, deadline, step = 0, time.monotonic() + cap_s, max(1, total // 5)
     while done < total and time.monotonic() < deadline:
         r = run_chunk(min(step, total - done))
         done += r["requests"]
-        lines.append(f"| {done} | {_rss_mb(pids()):.1f} | {traces()} | "
+        lines.append(f"| {done} | {status_mb(pids()):.1f} | {traces()} | "
                      f"{r['requests'] / r['elapsed'] if r['elapsed'] else 0:.0f} |")
         if not r["requests"]:
             break

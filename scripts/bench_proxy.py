@@ -65,7 +65,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _proxy_report import soak, targets
+from _proxy_report import soak, status_mb, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -360,15 +360,7 @@ def writer_cpu_seconds(pid: int, before: dict[int, tuple[str, float]]) -> float:
 
 def peak_rss_mb(pid: int) -> float:
     """Sum of peak RSS of the proxy and its child processes."""
-    total = 0.0
-    for p in _family(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
-            continue
-    return total
+    return status_mb(_family(pid), "VmHWM")
 
 
 @dataclass
